@@ -1,0 +1,31 @@
+# `make repro` and `make test` are all a newcomer needs (see README).
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.8
+export UV_COMPILE_BYTECODE := 1
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup repro test lint mlflow-ui clean
+
+$(BIN)/.installed: pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	uv sync --frozen
+	@touch $@
+
+setup: $(BIN)/.installed  ## Create .venv with the pinned dependencies (uv.lock).
+
+repro: setup  ## Run the whole DVC pipeline on the default offline data.
+	dvc repro
+
+lint: setup
+	ruff check pipeline tests
+
+test: lint  ## Lint, then run every test (slow ones included).
+	pytest
+
+mlflow-ui: setup  ## Browse runs in the local store at http://127.0.0.1:5000
+	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(VENV)

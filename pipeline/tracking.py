@@ -1,0 +1,172 @@
+"""One MLflow run per stage invocation, with buffered metric logging.
+
+Every stage opens its run through `stage_run`, so all runs carry the same tags (stage, task,
+git commit, DVC experiment, data source) and a stage that raises is marked FAILED. Metrics are
+buffered and sent with `log_batch` (one call per metric costs ~5 ms locally, 12-55 ms over HTTP).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_LENGTH = 6000
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested mappings to dotted keys, as MLflow params are flat."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def git_state(cwd: Path | None = None) -> dict[str, str]:
+    """Return the commit and dirty flag, or nothing outside a git checkout."""
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
+        )
+        return done.stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "pipeline.git_dirty": str(dirty).lower()}
+
+
+def manifest_tags(manifest: Mapping[str, Any] | None) -> dict[str, str]:
+    """Tag runs with the data source recorded by the download stage."""
+    if not manifest:
+        return {}
+    source = manifest.get("source", {})
+    name = source.get("package") or source.get("url") or ""
+    tags = {
+        "data.source": f"{source.get('kind', '?')}:{name}",
+        "data.version": str(source.get("version", "")),
+        "data.sha256": str(source.get("sha256", "")),
+    }
+    return {k: v for k, v in tags.items() if v}
+
+
+class StageRun:
+    """Handle on an open MLflow run; metrics are buffered until `flush`."""
+
+    def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
+        self.client = client
+        self.run_id = run_id
+        self.experiment_id = experiment_id
+        self._metrics: list[Metric] = []
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Log flat params in batches of MLflow's maximum size."""
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in flatten(params).items()]
+        for start in range(0, len(items), MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[start : start + MAX_PARAMS_PER_BATCH])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        """Set several tags in one request."""
+        if tags:
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Buffer metrics; they are sent in batches by `flush` (and when the buffer fills)."""
+        now = int(time.time() * 1000)
+        self._metrics.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        if len(self._metrics) >= MAX_METRICS_PER_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send buffered metrics with as few `log_batch` calls as possible."""
+        pending, self._metrics = self._metrics, []
+        for start in range(0, len(pending), MAX_METRICS_PER_BATCH):
+            chunk = pending[start : start + MAX_METRICS_PER_BATCH]
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Upload a file or directory to the run's artifact store."""
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    """Get or create the experiment for a task."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name)
+
+
+def _open_run(
+    client: MlflowClient, experiment_id: str, name: str, resume_run_id: str | None
+) -> str:
+    """Start a new run, or reopen a previous one so a resumed training continues it."""
+    if resume_run_id:
+        client.update_run(resume_run_id, status="RUNNING")
+        return resume_run_id
+    return client.create_run(experiment_id, run_name=name).info.run_id
+
+
+@contextmanager
+def stage_run(
+    task: str,
+    stage: str,
+    params: Mapping[str, Any],
+    manifest: Mapping[str, Any] | None = None,
+    resume_run_id: str | None = None,
+    client: MlflowClient | None = None,
+) -> Iterator[StageRun]:
+    """Open an MLflow run for one stage; FAILED if the body raises, KILLED on Ctrl-C."""
+    client = client or MlflowClient()
+    experiment_id = _experiment_id(client, task)
+    run_id = _open_run(client, experiment_id, f"{stage}-{task}", resume_run_id)
+    run = StageRun(client, run_id, experiment_id)
+    tags = {"pipeline.stage": stage, "pipeline.task": task, **git_state(), **manifest_tags(manifest)}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    log.info("MLflow run %s (experiment %r) at %s", run_id, task, client.tracking_uri)
+    try:
+        run.set_tags(tags)
+        run.log_params(params)
+        yield run
+        run.flush()
+    except KeyboardInterrupt:
+        _end(run, "KILLED")
+        raise
+    except BaseException:
+        _end(run, "FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")
+
+
+def _end(run: StageRun, status: str) -> None:
+    """Flush what we have and close the run without masking the original error."""
+    try:
+        run.flush()
+    except Exception:  # noqa: BLE001 - the stage's own error matters more
+        log.warning("could not flush metrics of run %s", run.run_id)
+    try:
+        run.client.set_terminated(run.run_id, status=status)
+    except Exception:  # noqa: BLE001
+        log.warning("could not mark run %s %s", run.run_id, status)
