@@ -22,7 +22,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-TaskArg = Annotated[Task, typer.Argument(help="Which task: classification, language_model, translation.")]
+TaskArg = Annotated[
+    Task, typer.Argument(help="Which task: classification, language_model, translation.")
+]
 ParamsOpt = Annotated[
     Path, typer.Option("--params", help="params.yaml to read (validated before any work).")
 ]
@@ -114,14 +116,98 @@ def tokenize(
     typer.echo(f"wrote {out}: vocab={_vocab_summary(result.stats)}")
 
 
-def _read_manifest(data: Path) -> dict:
-    """Read the download manifest, or stop with a clear message if the stage has not run."""
+ModelDir = Annotated[Path, typer.Option(help="Directory of the trained model (train --out).")]
+
+
+def _task_module(task: Task):
+    """The task adapter module (imported lazily: it pulls in TensorFlow)."""
+    import importlib
+
+    return importlib.import_module(f"pipeline.tasks.{task.value}")
+
+
+@app.command()
+def train(
+    task: TaskArg,
+    data: Annotated[Path, typer.Option(help="Directory written by `tokenize`.")],
+    out: Annotated[Path, typer.Option(help="Where the model and its tokenizer go.")],
+    plots: Annotated[Path, typer.Option(help="Directory for DVC plot data and curves.")],
+    metrics: Annotated[Path, typer.Option(help="Where to write the final metrics JSON.")],
+    checkpoints: Annotated[
+        Path, typer.Option(help="Per-epoch checkpoints (kept outside DVC outputs for resume).")
+    ] = Path("checkpoints"),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Train the task's model with gradient-norm and gradient-flow instrumentation."""
+    cfg = read_params(params).train.section(task)
+    from pipeline.corpus import write_json
+    from pipeline.tracking import stage_run
+    from pipeline.train import Checkpoint, TrainingDiverged, fingerprint, run_train, set_seed
+
+    set_seed(cfg.seed)
+    checkpoint = Checkpoint(checkpoints / task.value, fingerprint(cfg, data))
+    resume = checkpoint.resumable_run_id()
+    try:
+        with stage_run(
+            task,
+            "train",
+            cfg.model_dump(mode="json"),
+            manifest=_read_manifest(data),
+            resume_run_id=resume,
+        ) as run:
+            setup = _task_module(task).setup(cfg, data)
+            result = run_train(setup, cfg, run, checkpoint, out, plots, plots)
+            write_json(metrics, result.metrics)
+            run.log_artifact(metrics)
+    except TrainingDiverged as exc:
+        raise fail(f"training diverged: {exc} (MLflow run marked FAILED)") from None
+    typer.echo(f"wrote {out} (MLflow run {result.run_id})")
+
+
+@app.command()
+def evaluate(
+    task: TaskArg,
+    model: ModelDir,
+    data: Annotated[Path, typer.Option(help="Directory written by `tokenize`.")],
+    raw: Annotated[Path, typer.Option(help="Directory written by `download` (for baselines).")],
+    reports: Annotated[Path, typer.Option(help="Directory for predictions and figures.")],
+    metrics: Annotated[Path, typer.Option(help="Where to write the test metrics JSON.")],
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Score the trained model on the test split beside a simple baseline; log to its run."""
+    cfg = read_params(params).train.section(task)
+    from pipeline.corpus import write_json
+    from pipeline.evaluate import run_evaluate, training_run_id
+    from pipeline.tracking import attached_run
+
+    try:
+        run_id = training_run_id(model)
+    except FileNotFoundError as exc:
+        raise fail(str(exc)) from None
+    with attached_run(run_id, "evaluate") as run:
+        results = run_evaluate(task, cfg, model, data, raw, reports)
+        write_json(metrics, results)
+        run.log_metrics(results)
+        run.log_artifact(metrics)
+        run.log_artifact(reports, "evaluation")
+    typer.echo("  ".join(f"{k}={v:.4f}" for k, v in results.items()))
+
+
+def _read_json(path: Path, hint: str) -> dict:
+    """Read a JSON file a previous stage wrote, or stop with a clear message."""
     import json
 
-    path = data / "manifest.json"
     if not path.is_file():
-        raise fail(f"{path} not found: run `python -m pipeline download` first")
-    return json.loads(path.read_text(encoding="utf-8"))
+        raise fail(f"{path} not found: {hint}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise fail(f"{path} is unreadable ({exc}): {hint}") from None
+
+
+def _read_manifest(data: Path) -> dict:
+    """Read the download manifest copied along the data."""
+    return _read_json(data / "manifest.json", "run `python -m pipeline download` first")
 
 
 def _vocab_summary(stats: dict[str, float]) -> str:

@@ -131,7 +131,9 @@ class TranslationDownload(Section):
     @model_validator(mode="after")
     def _words_ordered(self) -> TranslationDownload:
         if self.min_words > self.max_words:
-            raise ValueError(f"min_words ({self.min_words}) must be <= max_words ({self.max_words})")
+            raise ValueError(
+                f"min_words ({self.min_words}) must be <= max_words ({self.max_words})"
+            )
         return self
 
 
@@ -280,7 +282,12 @@ def _describe(error: dict[str, Any]) -> str:
     return f"{key or '<root>'}: expected {message.removeprefix('input should be ')}, got {value!r}"
 
 
-_BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+_BOUNDS = {
+    "greater_than": ">",
+    "greater_than_equal": ">=",
+    "less_than": "<",
+    "less_than_equal": "<=",
+}
 
 
 def _is_union_tag(part: object) -> bool:

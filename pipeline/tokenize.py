@@ -190,6 +190,8 @@ def run_tokenize(
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
     try:
         stats = TOKENIZERS[task](cfg, splits, staging)  # type: ignore[arg-type]
+        if (data_dir / "manifest.json").is_file():  # later stages tag runs with the source
+            shutil.copyfile(data_dir / "manifest.json", staging / "manifest.json")
         if out_dir.exists():
             shutil.rmtree(out_dir)
         staging.rename(out_dir)

@@ -40,6 +40,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def git_state(cwd: Path | None = None) -> dict[str, str]:
     """Return the commit and dirty flag, or nothing outside a git checkout."""
+
     def git(*args: str) -> str:
         done = subprocess.run(
             ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=10
@@ -142,10 +143,15 @@ def stage_run(
     experiment_id = _experiment_id(client, task)
     run_id = _open_run(client, experiment_id, f"{stage}-{task}", resume_run_id)
     run = StageRun(client, run_id, experiment_id)
-    tags = {"pipeline.stage": stage, "pipeline.task": task, **git_state(), **manifest_tags(manifest)}
+    tags = {
+        "pipeline.stage": stage,
+        "pipeline.task": task,
+        **git_state(),
+        **manifest_tags(manifest),
+    }
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    log.info("MLflow run %s (experiment %r) at %s", run_id, task, client.tracking_uri)
+    log.info("MLflow run %s (experiment %s) at %s", run_id, task, client.tracking_uri)
     try:
         run.set_tags(tags)
         run.log_params(params)
@@ -170,3 +176,22 @@ def _end(run: StageRun, status: str) -> None:
         run.client.set_terminated(run.run_id, status=status)
     except Exception:  # noqa: BLE001
         log.warning("could not mark run %s %s", run.run_id, status)
+
+
+@contextmanager
+def attached_run(run_id: str, stage: str, client: MlflowClient | None = None) -> Iterator[StageRun]:
+    """Add a later stage's results to an existing run (evaluate logs beside its training)."""
+    client = client or MlflowClient()
+    run = StageRun(client, run_id, client.get_run(run_id).info.experiment_id)
+    try:
+        yield run
+        run.flush()
+    except BaseException:
+        run.set_tags({f"pipeline.{stage}.status": "FAILED"})
+        raise
+    run.set_tags({f"pipeline.{stage}.status": "FINISHED", **_prefixed(git_state(), stage)})
+
+
+def _prefixed(tags: Mapping[str, str], stage: str) -> dict[str, str]:
+    """Namespace tags by stage so they do not overwrite the run's own."""
+    return {f"pipeline.{stage}.{key.rsplit('.', 1)[-1]}": value for key, value in tags.items()}

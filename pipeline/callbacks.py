@@ -1,0 +1,121 @@
+"""Keras callbacks of the shared trainer: MLflow logging, progress, NaN guard, gradient flow."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from pipeline.gradients import PREFIX as GRAD_PREFIX
+from pipeline.tracking import StageRun
+
+log = logging.getLogger(__name__)
+
+
+def current_step(model: keras.Model) -> int:
+    """Optimizer steps taken so far (restored with checkpoints, so it survives resumes)."""
+    return int(model.optimizer.iterations.numpy())
+
+
+class MlflowMetrics(keras.callbacks.Callback):
+    """Buffer gradient norms every `every` steps and epoch metrics; flush once per epoch."""
+
+    def __init__(self, run: StageRun, every: int):
+        super().__init__()
+        self.run = run
+        self.every = every
+        self.step_rows: list[dict[str, float]] = []
+        self.epoch_rows: list[dict[str, float]] = []
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        step = current_step(self.model)
+        if step % self.every and step != 1:
+            return
+        norms = {k: float(v) for k, v in (logs or {}).items() if k.startswith(GRAD_PREFIX)}
+        norms["train/loss"] = float(logs["loss"]) if logs and "loss" in logs else math.nan
+        self.run.log_metrics(norms, step=step)
+        self.step_rows.append({"step": step, **norms})
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        values = {k: float(v) for k, v in (logs or {}).items() if not k.startswith(GRAD_PREFIX)}
+        self.run.log_metrics(values, step=epoch + 1)
+        self.epoch_rows.append({"epoch": epoch + 1, **values})
+        self.run.flush()
+
+
+class Progress(keras.callbacks.Callback):
+    """One log line every few steps and per epoch: loss, gradient norm, throughput."""
+
+    def __init__(self, every: int, batch_size: int, epochs: int):
+        super().__init__()
+        self.every, self.batch_size, self.epochs = every, batch_size, epochs
+        self.started = time.perf_counter()
+        self.samples = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch_started = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.samples += self.batch_size
+        if (batch + 1) % (self.every * 5) == 0 and logs:
+            rate = self.samples / max(time.perf_counter() - self.started, 1e-9)
+            log.info(
+                "  step %d  loss %.4f  grad_norm %.3g  %.0f samples/s",
+                batch + 1,
+                float(logs["loss"]),
+                float(logs.get("grad_norm/global", math.nan)),
+                rate,
+            )
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        shown = {k: v for k, v in (logs or {}).items() if not k.startswith(GRAD_PREFIX)}
+        text = "  ".join(f"{k} {float(v):.4f}" for k, v in shown.items())
+        seconds = time.perf_counter() - self.epoch_started
+        log.info("epoch %d/%d  %s  (%.1f s)", epoch + 1, self.epochs, text, seconds)
+
+
+class NanGuard(keras.callbacks.Callback):
+    """Stop at the first non-finite loss; the trainer then fails the run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.diverged_at: int | None = None
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            self.diverged_at = current_step(self.model)
+            self.model.stop_training = True
+
+
+class GradientFlowLogger(keras.callbacks.Callback):
+    """Measure ‖∂L/∂h_t‖ on the probe batch after every epoch and log curve, plot, horizon."""
+
+    def __init__(self, probe, run: StageRun, out_dir: Path):
+        super().__init__()
+        self.probe, self.run, self.out_dir = probe, run, out_dir
+        self.history: list[dict[str, np.ndarray]] = []
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        from pipeline.gradient_flow import plot_flow, summarize_flow
+
+        curves = self.probe.measure()
+        self.history.append(curves)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / f"epoch_{epoch + 1:03d}.json"
+        path.write_text(json.dumps({k: _finite(v) for k, v in curves.items()}))
+        plot = plot_flow(self.history, self.out_dir / "grad_flow.png")
+        self.run.log_artifact(path, "grad_flow")
+        self.run.log_artifact(plot, "grad_flow")
+        self.run.log_metrics(summarize_flow(curves), step=epoch + 1)
+
+
+def _finite(curve: np.ndarray) -> list[float | None]:
+    """JSON has no NaN: steps with no valid example become null."""
+    return [float(v) if math.isfinite(v) else None for v in np.asarray(curve, dtype=float)]

@@ -1,0 +1,94 @@
+"""tf.data input pipelines shared by the tasks: shuffle, bucket by length, pad, prefetch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.corpus import pack
+from pipeline.params import TrainParams
+
+
+def ragged(seqs: Sequence[np.ndarray]) -> tf.RaggedTensor:
+    """Build a ragged int32 tensor quickly from numpy sequences."""
+    ids, offsets = pack(seqs)
+    return tf.RaggedTensor.from_row_splits(ids, offsets)
+
+
+def _densify(*element):
+    """Ragged rows become plain 1-D tensors (padded_batch accepts only dense elements)."""
+    dense = [t.to_tensor() if isinstance(t, tf.RaggedTensor) else t for t in element]
+    return tuple(dense) if len(dense) > 1 else dense[0]
+
+
+def slices(*columns) -> tf.data.Dataset:
+    """A dataset of examples from ragged and dense columns of equal length."""
+    ds = tf.data.Dataset.from_tensor_slices(tuple(columns))
+    return ds.map(_densify, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+def truncate(seqs: Sequence[np.ndarray], max_len: int, keep: str = "last") -> list[np.ndarray]:
+    """Cut sequences to `max_len` tokens; reviews keep their end, where verdicts usually are."""
+    if keep == "last":
+        return [s[-max_len:] for s in seqs]
+    return [s[:max_len] for s in seqs]
+
+
+def element_length(*element) -> tf.Tensor:
+    """Length of the longest 1-D tensor in a (nested) dataset element."""
+    sizes = [tf.shape(t)[0] for t in tf.nest.flatten(element) if t.shape.rank == 1]
+    return tf.reduce_max(tf.stack(sizes))
+
+
+def bucket_boundaries(max_len: int, smallest: int = 16) -> list[int]:
+    """Doubling length boundaries below `max_len` (16, 32, 64, ...)."""
+    bounds, edge = [], smallest
+    while edge < max_len:
+        bounds.append(edge)
+        edge *= 2
+    return bounds
+
+
+def batch_count(lengths: np.ndarray, cfg: TrainParams, bucketed: bool) -> int:
+    """Exact number of batches per epoch (bucket membership depends on length, not order)."""
+    if not bucketed:
+        return -(-len(lengths) // cfg.batch_size)
+    bucket = np.searchsorted(bucket_boundaries(cfg.max_len), lengths, side="right")
+    return int(sum(-(-int(n) // cfg.batch_size) for n in np.bincount(bucket) if n))
+
+
+def batches(
+    ds: tf.data.Dataset, cfg: TrainParams, lengths: np.ndarray, shuffle: bool
+) -> tf.data.Dataset:
+    """Shuffle (seeded), batch with padding (bucketed by length if asked) and prefetch.
+
+    The batch count is asserted so Keras knows the epoch length (with an unknown one it runs
+    an extra, empty step per epoch that still advances the optimizer's step counter).
+    """
+    bucketed = cfg.bucket_by_length and shuffle
+    if shuffle:
+        ds = ds.shuffle(min(len(lengths), 50_000), seed=cfg.seed, reshuffle_each_iteration=True)
+    if bucketed:
+        bounds = bucket_boundaries(cfg.max_len)
+        ds = ds.bucket_by_sequence_length(
+            element_length, bounds, [cfg.batch_size] * (len(bounds) + 1)
+        )
+    else:
+        ds = ds.padded_batch(cfg.batch_size)
+    count = batch_count(lengths, cfg, bucketed)
+    if shuffle and cfg.max_steps_per_epoch:
+        count = min(count, cfg.max_steps_per_epoch)
+        ds = ds.take(count)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(count))
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def pad_batch(seqs: Sequence[np.ndarray], length: int | None = None) -> np.ndarray:
+    """Post-pad sequences with PAD=0 into one int32 matrix."""
+    width = length or max((len(s) for s in seqs), default=1) or 1
+    out = np.zeros((len(seqs), width), dtype=np.int32)
+    for row, seq in enumerate(seqs):
+        out[row, : min(len(seq), width)] = seq[:width]
+    return out

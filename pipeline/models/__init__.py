@@ -1,0 +1,1 @@
+"""Pure model builders: params in, uncompiled `keras.Model` out (Functional API, named layers)."""

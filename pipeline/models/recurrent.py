@@ -1,0 +1,55 @@
+"""The recurrent block every task shares: cell type, width, depth, direction and dropout.
+
+Layer names are fixed (`rnn_1`, `rnn_2`, ...) so MLflow metric keys such as `grad_norm/rnn_1`
+stay stable across runs and cells.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from pipeline.params import RecurrentParams
+
+CELLS: dict[str, type[keras.layers.RNN]] = {
+    "simple_rnn": keras.layers.SimpleRNN,
+    "lstm": keras.layers.LSTM,
+    "gru": keras.layers.GRU,
+}
+
+
+def recurrent_layer(
+    cfg: RecurrentParams,
+    name: str,
+    return_sequences: bool,
+    return_state: bool = False,
+    units: int | None = None,
+) -> keras.layers.Layer:
+    """One (optionally bidirectional) recurrent layer of the configured cell type."""
+    cell = CELLS[cfg.cell]
+    layer = cell(
+        units or cfg.units,
+        return_sequences=return_sequences,
+        return_state=return_state,
+        name=name if not cfg.bidirectional else f"{name}_cell",
+    )
+    if cfg.bidirectional:
+        return keras.layers.Bidirectional(layer, merge_mode="concat", name=name)
+    return layer
+
+
+def recurrent_stack(
+    x: keras.KerasTensor, cfg: RecurrentParams, prefix: str = "rnn", sequences: bool = False
+) -> keras.KerasTensor:
+    """Stack `num_layers` recurrent layers; the last returns sequences only if asked."""
+    for index in range(1, cfg.num_layers + 1):
+        last = index == cfg.num_layers
+        layer = recurrent_layer(cfg, f"{prefix}_{index}", return_sequences=sequences or not last)
+        x = layer(x)
+        if cfg.dropout > 0:
+            x = keras.layers.Dropout(cfg.dropout, name=f"{prefix}_dropout_{index}")(x)
+    return x
+
+
+def token_embedding(vocab_size: int, dim: int, name: str = "embedding") -> keras.layers.Embedding:
+    """Embedding with PAD id 0 masked, so pad steps neither update states nor count."""
+    return keras.layers.Embedding(vocab_size, dim, mask_zero=True, name=name)

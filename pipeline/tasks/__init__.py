@@ -1,0 +1,1 @@
+"""Task adapters: what each task gives the shared trainer and evaluator."""

@@ -1,0 +1,146 @@
+"""params.yaml validation: every error kind exits 2 with a line naming the dotted key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.params import ParamsError, Task, load_params
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_are_valid() -> None:
+    params = load_params(ROOT / "params.yaml")
+    assert params.train.classification.cell in {"simple_rnn", "lstm", "gru"}
+    assert params.download.section(Task.translation).source.kind == "debian"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        (
+            "train.classification.cell",
+            "lstmm",
+            "train.classification.cell: expected one of simple_rnn, lstm, gru, got 'lstmm'",
+        ),
+        (
+            "train.classification.units",
+            0,
+            "train.classification.units: expected a value >= 1, got 0",
+        ),
+        (
+            "train.language_model.dropout",
+            1.5,
+            "train.language_model.dropout: expected a value < 1.0, got 1.5",
+        ),
+        (
+            "tokenize.translation.vocab_size",
+            "many",
+            "tokenize.translation.vocab_size: expected a valid integer",
+        ),
+        (
+            "train.translation.bidirectional",
+            "sometimes",
+            "train.translation.bidirectional: expected a valid boolean",
+        ),
+        ("train.classification.unitz", 3, "train.classification.unitz: unknown key"),
+        (
+            "download.classification.source.sha256",
+            "abc",
+            "download.classification.source.sha256: expected a string matching",
+        ),
+        (
+            "download.translation.min_words",
+            30,
+            "download.translation: min_words (30) must be <= max_words (12)",
+        ),
+    ],
+)
+def test_bad_value_exits_2_naming_the_key(write_params, key, value, expected, tmp_path) -> None:
+    path = write_params({key: value})
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["download", "classification", "--out", str(out), "--params", str(path)]
+    )
+    assert result.exit_code == 2
+    assert expected in result.output
+    assert not out.exists()
+
+
+def test_several_problems_are_all_reported(write_params) -> None:
+    path = write_params({"train.classification.cell": "x", "train.translation.units": -5})
+    with pytest.raises(ParamsError) as caught:
+        load_params(path)
+    assert len(caught.value.problems) == 2
+
+
+def test_missing_section_and_malformed_yaml(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yaml"
+    missing.write_text("download: {}\n")
+    with pytest.raises(ParamsError) as caught:
+        load_params(missing)
+    assert "tokenize: required key is missing" in caught.value.problems
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  classification: [unclosed\n")
+    result = runner.invoke(
+        app,
+        [
+            "tokenize",
+            "classification",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--metrics",
+            "m.json",
+            "--params",
+            str(broken),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "malformed YAML at line" in result.output
+
+
+def test_unknown_task_is_a_usage_error(write_params) -> None:
+    result = runner.invoke(
+        app, ["download", "sentiment", "--out", "x", "--params", str(write_params())]
+    )
+    assert result.exit_code == 2
+    assert "classification" in result.output
+
+
+def test_missing_params_file(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app, ["download", "classification", "--out", "x", "--params", str(tmp_path / "nope.yaml")]
+    )
+    assert result.exit_code == 2
+    assert "cannot read params file" in result.output
+
+
+def test_bad_params_open_no_mlflow_run(write_params, mlflow_uri, tmp_path: Path) -> None:
+    path = write_params({"train.classification.cell": "transformer"})
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            "classification",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--plots",
+            "p",
+            "--metrics",
+            "m.json",
+            "--params",
+            str(path),
+        ],
+    )
+    assert result.exit_code == 2
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "o").exists()

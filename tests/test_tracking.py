@@ -1,0 +1,80 @@
+"""MLflow tracking: one run per stage, tags, batched metrics, FAILED on error."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.tracking import attached_run, flatten, git_state, stage_run
+
+
+def test_flatten_makes_dotted_keys() -> None:
+    assert flatten({"a": {"b": 1, "c": {"d": "x"}}, "e": None}) == {
+        "a.b": 1,
+        "a.c.d": "x",
+        "e": None,
+    }
+
+
+def test_successful_stage_is_finished_with_tags_params_metrics(
+    mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DVC_EXP_NAME", "sunny-lark")
+    manifest = {
+        "source": {"kind": "debian", "package": "trans-de-en", "version": "1.9-6", "sha256": "45f6"}
+    }
+    with stage_run("translation", "download", {"split": {"seed": 3}, "max": 5}, manifest) as run:
+        for step in range(2500):  # more than one log_batch can carry
+            run.log_metrics({"grad_norm/global": step / 10}, step=step)
+    client = MlflowClient(mlflow_uri)
+    got = client.get_run(run.run_id)
+    assert got.info.status == "FINISHED"
+    assert got.data.params == {"split.seed": "3", "max": "5"}
+    tags = got.data.tags
+    assert tags["pipeline.stage"] == "download" and tags["pipeline.task"] == "translation"
+    assert tags["dvc.exp_name"] == "sunny-lark"
+    assert tags["data.source"] == "debian:trans-de-en" and tags["data.version"] == "1.9-6"
+    history = client.get_metric_history(run.run_id, "grad_norm/global")
+    assert sorted(m.step for m in history) == list(range(2500))
+    assert client.get_experiment(got.info.experiment_id).name == "translation"
+
+
+def test_failing_stage_is_marked_failed(mlflow_uri: str) -> None:
+    with pytest.raises(ValueError), stage_run("classification", "train", {}) as run:
+        run.log_metrics({"loss": 1.0})
+        raise ValueError("boom")
+    got = MlflowClient(mlflow_uri).get_run(run.run_id)
+    assert got.info.status == "FAILED"
+    assert got.data.metrics["loss"] == 1.0  # buffered metrics are flushed, not lost
+
+
+def test_attached_run_adds_metrics_without_retagging(mlflow_uri: str) -> None:
+    with stage_run("classification", "train", {}) as run:
+        pass
+    with attached_run(run.run_id, "evaluate") as again:
+        again.log_metrics({"test.accuracy": 0.9})
+    got = MlflowClient(mlflow_uri).get_run(run.run_id)
+    assert got.data.tags["pipeline.stage"] == "train"
+    assert got.data.tags["pipeline.evaluate.status"] == "FINISHED"
+    assert got.data.metrics["test.accuracy"] == 0.9 and got.info.status == "FINISHED"
+
+
+def test_git_state_reports_commit_and_dirty(tmp_path: Path) -> None:
+    assert git_state(tmp_path) == {}
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "PATH": "/usr/bin:/bin",
+    }
+    (tmp_path / "f").write_text("1")
+    for args in (["init", "-q"], ["add", "f"], ["commit", "-qm", "x"]):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, env=env)
+    state = git_state(tmp_path)
+    assert len(state["mlflow.source.git.commit"]) == 40 and state["pipeline.git_dirty"] == "false"
+    (tmp_path / "f").write_text("2")
+    assert git_state(tmp_path)["pipeline.git_dirty"] == "true"
