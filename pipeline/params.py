@@ -224,6 +224,10 @@ class LanguageModelTrain(TrainParams):
 
     stride: int | None = Field(None, ge=1, description="Window stride (tokens); none = max_len.")
     tie_embeddings: bool = Field(False, description="Share input and output embeddings.")
+    baseline_order: int = Field(3, ge=1, le=6, description="n of the Kneser-Ney n-gram baseline.")
+    sample_prompt: str = Field("ROMEO:", description="Prompt for the samples logged each epoch.")
+    sample_tokens: int = Field(100, ge=1, le=2000, description="Tokens per logged sample.")
+    sample_temperature: float = Field(0.8, gt=0, le=10, description="Softmax temperature.")
 
 
 class TranslationTrain(TrainParams):
@@ -233,6 +237,8 @@ class TranslationTrain(TrainParams):
     beam_size: int = Field(4, ge=1, le=64, description="Beam width for beam-search decoding.")
     length_penalty: float = Field(0.6, ge=0, le=5, description="GNMT length-penalty alpha.")
     decode_max_len: int = Field(40, ge=1, description="Maximum generated target tokens.")
+    examples: int = Field(50, ge=0, description="Fixed test sentences in the examples table.")
+    attention_maps: int = Field(3, ge=0, description="Sentences drawn as attention heatmaps.")
 
 
 class TrainSection(PerTask):
