@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,28 @@ class GradientFlowLogger(keras.callbacks.Callback):
         self.run.log_artifact(path, "grad_flow")
         self.run.log_artifact(plot, "grad_flow")
         self.run.log_metrics(summarize_flow(curves), step=epoch + 1)
+
+
+Reporter = Callable[[keras.Model, int, Path], list[Path]]
+
+
+class EpochReports(keras.callbacks.Callback):
+    """Run task reporters (samples, example tables, attention maps) after every epoch.
+
+    A reporter gets the plain model, the 1-based epoch and a directory, writes files there and
+    returns their paths; they are logged as MLflow artifacts under `epoch_<n>/`.
+    """
+
+    def __init__(self, reporters: list[Reporter], run: StageRun, out_dir: Path, model: keras.Model):
+        super().__init__()
+        self.reporters, self.run, self.out_dir, self.plain = reporters, run, out_dir, model
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        folder = self.out_dir / f"epoch_{epoch + 1:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for report in self.reporters:
+            for path in report(self.plain, epoch + 1, folder):
+                self.run.log_artifact(path, f"reports/{folder.name}")
 
 
 def _finite(curve: np.ndarray) -> list[float | None]:

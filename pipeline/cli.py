@@ -156,7 +156,7 @@ def train(
             resume_run_id=resume,
         ) as run:
             setup = _task_module(task).setup(cfg, data)
-            result = run_train(setup, cfg, run, checkpoint, out, plots, plots)
+            result = run_train(setup, cfg, run, checkpoint, out, plots, plots / "epochs")
             write_json(metrics, result.metrics)
             run.log_artifact(metrics)
     except TrainingDiverged as exc:

@@ -22,7 +22,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.callbacks import GradientFlowLogger, MlflowMetrics, NanGuard, Progress
+from pipeline.callbacks import (
+    EpochReports,
+    GradientFlowLogger,
+    MlflowMetrics,
+    NanGuard,
+    Progress,
+    Reporter,
+)
 from pipeline.corpus import write_json
 from pipeline.gradients import InstrumentedModel
 from pipeline.params import TrainParams
@@ -50,7 +57,7 @@ class TrainingSetup:
     probe_targets: Any
     probe_loss: Callable[[Any, Any], tf.Tensor]
     assets: dict[str, Path] = field(default_factory=dict)
-    callbacks: list[keras.callbacks.Callback] = field(default_factory=list)
+    reporters: list[Reporter] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,9 @@ def callbacks_for(
     )
     metrics, guard = MlflowMetrics(run, cfg.log_every_n_steps), NanGuard()
     flow = GradientFlowLogger(probe, run, work / "grad_flow")
-    stack: list[keras.callbacks.Callback] = [guard, metrics, flow, *setup.callbacks]
+    stack: list[keras.callbacks.Callback] = [guard, metrics, flow]
+    if setup.reporters:
+        stack.append(EpochReports(setup.reporters, run, work / "reports", setup.model))
     stack.append(Progress(cfg.log_every_n_steps, cfg.batch_size, cfg.epochs))
     if cfg.early_stopping_patience:
         stack.append(
