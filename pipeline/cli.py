@@ -193,6 +193,44 @@ def evaluate(
     typer.echo("  ".join(f"{k}={v:.4f}" for k, v in results.items()))
 
 
+@app.command()
+def predict(
+    task: TaskArg,
+    text: Annotated[list[str], typer.Argument(help="One or more texts to classify.")],
+    model: Annotated[Path, typer.Option(help="Trained model directory (train --out).")] = Path(
+        "models/classification"
+    ),
+    model_uri: Annotated[
+        str | None, typer.Option(help="MLflow URI of a logged model, e.g. runs:/<id>/model.")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Print label and probability for each text (classification)."""
+    if task is not Task.classification:
+        raise fail("predict supports classification; use `generate` or `translate`", 2)
+    cfg = read_params(params).train.classification
+    directory = _model_dir(model, model_uri)
+    from pipeline.tasks.classification import load_predictor, predict_texts
+
+    network, sp = load_predictor(directory)
+    for label, probability in predict_texts(network, sp, text, cfg.max_len):
+        typer.echo(f"{label}\t{probability:.4f}")
+
+
+def _model_dir(model: Path, model_uri: str | None) -> Path:
+    """A local model directory, downloaded from MLflow when a URI is given."""
+    if model_uri:
+        import mlflow
+
+        try:
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+        except Exception as exc:  # noqa: BLE001 - MLflow raises many types; report them all
+            raise fail(f"cannot fetch {model_uri}: {exc}") from None
+    if not (model / "model.keras").is_file():
+        raise fail(f"{model / 'model.keras'} not found: run `dvc repro` or pass --model-uri")
+    return model
+
+
 def _read_json(path: Path, hint: str) -> dict:
     """Read a JSON file a previous stage wrote, or stop with a clear message."""
     import json

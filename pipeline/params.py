@@ -202,7 +202,7 @@ class TrainParams(RecurrentParams):
         None, ge=1, description="Cap on steps per epoch (quick runs); none = whole split."
     )
     optimizer: Literal["adam", "sgd", "rmsprop"] = Field("adam", description="Optimizer.")
-    learning_rate: float = Field(1e-3, gt=0, le=100, description="Optimizer learning rate.")
+    learning_rate: float = Field(1e-3, gt=0, description="Optimizer learning rate.")
     clip_norm: float | None = Field(
         None, gt=0, description="Clip gradients to this global norm; none = no clipping."
     )

@@ -49,3 +49,39 @@ def write_params(tmp_path: Path, default_params: dict[str, Any]) -> Callable[...
         return path
 
     return write
+
+
+# Caps and vocabularies that keep the real data path fast on 2 cores.
+TINY_DATA = {
+    "classification": ({"max_examples": 600}, {"vocab_size": 400}),
+    "language_model": ({"max_documents": 5}, {"vocab_size": 300}),
+    "translation": ({"max_examples": 1200}, {"vocab_size": 200}),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], tuple[Path, Path]]:
+    """Download (real sources, capped) and tokenize a task once per session.
+
+    Returns (raw_dir, tokenized_dir). Fetched packages stay in the user cache, so only the
+    first session pays for the download.
+    """
+    from pipeline.download import default_cache_dir, run_download
+    from pipeline.params import Task, load_params
+    from pipeline.tokenize import run_tokenize
+
+    params = load_params(ROOT / "params.yaml")
+    done: dict[str, tuple[Path, Path]] = {}
+
+    def prepare(task: str) -> tuple[Path, Path]:
+        if task not in done:
+            base = tmp_path_factory.mktemp(task)
+            download_caps, tokenize_caps = TINY_DATA[task]
+            cfg = params.download.section(Task(task)).model_copy(update=download_caps)
+            run_download(Task(task), cfg, base / "raw", default_cache_dir())
+            tok = params.tokenize.section(Task(task)).model_copy(update=tokenize_caps)
+            run_tokenize(Task(task), tok, base / "raw", base / "tok")
+            done[task] = (base / "raw", base / "tok")
+        return done[task]
+
+    return prepare

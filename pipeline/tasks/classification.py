@@ -161,3 +161,23 @@ def evaluate(
         writer.writerows(zip(labels.astype(int).tolist(), probs.round(6).tolist(), strict=True))
     plot_confusion(labels.astype(int), probs, report_dir / "confusion_matrix.png")
     return metrics | baseline
+
+
+# --------------------------------------------------------------------------- prediction
+
+
+def load_predictor(model_dir: Path) -> tuple[keras.Model, object]:
+    """Load a trained classifier and its SentencePiece model from one directory."""
+    import sentencepiece as spm
+
+    model = keras.saving.load_model(model_dir / "model.keras")
+    return model, spm.SentencePieceProcessor(model_file=str(model_dir / TOKENIZER))
+
+
+def predict_texts(
+    model: keras.Model, sp, texts: list[str], max_len: int
+) -> list[tuple[str, float]]:
+    """(label, P(positive)) for raw texts; empty texts get the model's no-evidence answer."""
+    seqs = [np.asarray(sp.encode(text)[-max_len:] or [], dtype=np.int32) for text in texts]
+    probs = predict_probabilities(model, seqs, batch=64)
+    return [("positive" if p >= 0.5 else "negative", float(p)) for p in probs]
