@@ -1,0 +1,103 @@
+"""The real `dvc repro` of download + tokenize for all tasks in a scratch git repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, TINY_DATA, set_key
+
+pytestmark = pytest.mark.slow
+TASKS = ("classification", "language_model", "translation")
+
+
+def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A git repo holding the pipeline, its dvc.yaml and tiny params."""
+    repo = tmp_path / "repo"
+    shutil.copytree(
+        ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for task, (download, tokenize) in TINY_DATA.items():
+        for key, value in download.items():
+            set_key(params, f"download.{task}.{key}", value)
+        for key, value in tokenize.items():
+            set_key(params, f"tokenize.{task}.{key}", value)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    env.pop("DVC_EXP_NAME", None)
+    for args in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+        ["git", "add", "-A"],
+        ["git", "commit", "-qm", "init"],
+    ):
+        run(args, repo, env)
+    return repo, env
+
+
+def stage_runs(client: MlflowClient) -> list[tuple[str, str]]:
+    runs = []
+    for task in TASKS:
+        experiment = client.get_experiment_by_name(task)
+        for r in client.search_runs([experiment.experiment_id]) if experiment else []:
+            assert r.info.status == "FINISHED"
+            runs.append((r.data.tags["pipeline.stage"], task))
+    return sorted(runs)
+
+
+def test_repro_download_and_tokenize_all_tasks(project) -> None:
+    repo, env = project
+    run(["dvc", "repro", "download", "tokenize"], repo, env)
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert stage_runs(client) == sorted(
+        (stage, task) for stage in ("download", "tokenize") for task in TASKS
+    )
+    for task in TASKS:
+        assert (repo / "data" / "tokenized" / task / "train.npz").is_file()
+        assert (repo / "metrics" / task / "tokenize.json").is_file()
+        (run_,) = client.search_runs(
+            [client.get_experiment_by_name(task).experiment_id],
+            filter_string="tags.`pipeline.stage` = 'tokenize'",
+        )
+        tags = run_.data.tags
+        assert len(tags["mlflow.source.git.commit"]) == 40
+        assert tags["data.sha256"] and tags["data.version"] and tags["data.source"]
+
+    # A second repro is a no-op: nothing reruns, no new MLflow runs.
+    again = run(["dvc", "repro", "download", "tokenize"], repo, env)
+    assert "didn't change, skipping" in again or "up to date" in again
+    assert len(stage_runs(client)) == 6
+
+    # One param of one task reruns only that task's tokenize stage.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["tokenize"]["translation"]["vocab_size"] = 180
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run(["dvc", "repro", "download", "tokenize"], repo, env)
+    assert "Running stage 'tokenize@translation'" in changed
+    assert changed.count("Running stage") == 1
+    assert stage_runs(client).count(("tokenize", "translation")) == 2
