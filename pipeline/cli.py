@@ -31,10 +31,6 @@ ParamsOpt = Annotated[
 EXIT_BAD_PARAMS = 2
 
 
-class StageFailed(Exception):
-    """An expected failure with a message for the user (no traceback)."""
-
-
 @app.callback()
 def _configure(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,

@@ -159,6 +159,13 @@ def test_evaluate_matches_scikit_learn_on_saved_predictions(trained, mlflow_uri)
     assert predicted.exit_code == 0, predicted.output
     lines = predicted.output.strip().splitlines()
     assert len(lines) == 2 and lines[0].split("\t")[0] in {"positive", "negative"}
+    uri = f"runs:/{run.info.run_id}/model"
+    from_mlflow = CliRunner().invoke(
+        app,
+        ["predict", "classification", "great film", "--model-uri", uri, "--params", str(params)],
+    )
+    assert from_mlflow.exit_code == 0, from_mlflow.output
+    assert from_mlflow.output.strip() == lines[0]
 
 
 def test_nan_loss_fails_the_run_and_writes_no_model(
