@@ -218,8 +218,11 @@ def _model_dir(model: Path, model_uri: str | None) -> Path:
     if model_uri:
         import mlflow
 
+        from pipeline.tracking import make_client
+
+        uri = make_client().tracking_uri
         try:
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
+            return Path(mlflow.artifacts.download_artifacts(model_uri, tracking_uri=uri))
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types; report them all
             raise fail(f"cannot fetch {model_uri}: {exc}") from None
     if not (model / "model.keras").is_file():

@@ -111,12 +111,38 @@ class StageRun:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
 
+def project_root(cwd: Path) -> Path:
+    """The project directory, also from inside a DVC experiment's temporary copy.
+
+    `dvc exp run --queue/--temp` runs stages in `<project>/.dvc/tmp/exps/...`; a store there
+    would vanish with the copy, so the local store always lives in the real project root.
+    """
+    parts = cwd.resolve().parts
+    return Path(*parts[: parts.index(".dvc")]) if ".dvc" in parts else cwd.resolve()
+
+
+def make_client(cwd: Path | None = None) -> MlflowClient:
+    """`MLFLOW_TRACKING_URI` if set, else the project's local sqlite store (`mlflow.db`)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return MlflowClient()
+    root = project_root(cwd or Path.cwd())
+    return MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+
+
+def _artifact_location(client: MlflowClient, name: str) -> str | None:
+    """Pin a local store's artifacts to `<project>/mlruns/<experiment>` (not the cwd)."""
+    uri = client.tracking_uri
+    if not uri.startswith("sqlite:///") or os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns" / name).as_uri()
+
+
 def _experiment_id(client: MlflowClient, name: str) -> str:
     """Get or create the experiment for a task."""
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name)
+    return client.create_experiment(name, artifact_location=_artifact_location(client, name))
 
 
 def _open_run(
@@ -139,7 +165,7 @@ def stage_run(
     client: MlflowClient | None = None,
 ) -> Iterator[StageRun]:
     """Open an MLflow run for one stage; FAILED if the body raises, KILLED on Ctrl-C."""
-    client = client or MlflowClient()
+    client = client or make_client()
     experiment_id = _experiment_id(client, task)
     run_id = _open_run(client, experiment_id, f"{stage}-{task}", resume_run_id)
     run = StageRun(client, run_id, experiment_id)
@@ -181,7 +207,7 @@ def _end(run: StageRun, status: str) -> None:
 @contextmanager
 def attached_run(run_id: str, stage: str, client: MlflowClient | None = None) -> Iterator[StageRun]:
     """Add a later stage's results to an existing run (evaluate logs beside its training)."""
-    client = client or MlflowClient()
+    client = client or make_client()
     run = StageRun(client, run_id, client.get_run(run_id).info.experiment_id)
     try:
         yield run

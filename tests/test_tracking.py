@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking import attached_run, flatten, git_state, stage_run
+from pipeline.tracking import attached_run, flatten, git_state, make_client, project_root, stage_run
 
 
 def test_flatten_makes_dotted_keys() -> None:
@@ -78,3 +78,23 @@ def test_git_state_reports_commit_and_dirty(tmp_path: Path) -> None:
     assert len(state["mlflow.source.git.commit"]) == 40 and state["pipeline.git_dirty"] == "false"
     (tmp_path / "f").write_text("2")
     assert git_state(tmp_path)["pipeline.git_dirty"] == "true"
+
+
+def test_local_store_lives_in_the_project_root(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    inside_exp = tmp_path / ".dvc" / "tmp" / "exps" / "tmpabc"
+    inside_exp.mkdir(parents=True)
+    assert project_root(inside_exp) == tmp_path.resolve()
+    client = make_client(inside_exp)
+    assert client.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.chdir(inside_exp)
+    with stage_run("classification", "train", {}, client=client) as run:
+        run.log_artifact(_write(inside_exp / "note.txt"))
+    location = client.get_experiment(run.experiment_id).artifact_location
+    assert location == (tmp_path.resolve() / "mlruns" / "classification").as_uri()
+    assert (tmp_path / "mlruns" / "classification").is_dir()
+
+
+def _write(path: Path) -> Path:
+    path.write_text("x")
+    return path
