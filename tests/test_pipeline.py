@@ -24,9 +24,8 @@ def run(args: list[str], cwd: Path, env: dict[str, str]) -> str:
     return done.stdout + done.stderr
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A git repo holding the pipeline, its dvc.yaml and tiny params."""
+def make_project(tmp_path: Path, overrides: dict[str, object] | None = None):
+    """A git repo holding the pipeline, its dvc.yaml and tiny params (plus overrides)."""
     repo = tmp_path / "repo"
     shutil.copytree(
         ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
@@ -38,6 +37,8 @@ def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
             set_key(params, f"download.{task}.{key}", value)
         for key, value in tokenize.items():
             set_key(params, f"tokenize.{task}.{key}", value)
+    for key, value in (overrides or {}).items():
+        set_key(params, key, value)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,
@@ -58,6 +59,12 @@ def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     ):
         run(args, repo, env)
     return repo, env
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """The pipeline in a scratch git repo with tiny data params."""
+    return make_project(tmp_path)
 
 
 def stage_runs(client: MlflowClient) -> list[tuple[str, str]]:

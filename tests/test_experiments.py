@@ -1,0 +1,73 @@
+"""DVC experiment grids: a queued 2-experiment grid gives two tagged MLflow runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.test_pipeline import make_project, run
+from tests.test_train import TINY_TRAIN
+
+pytestmark = pytest.mark.slow
+
+
+def wait_for_queue(repo: Path, env: dict[str, str], timeout: float = 420) -> str:
+    """Poll `dvc queue status` until nothing is queued or running."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo, env)
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(2)
+    raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
+
+
+def test_queued_grid_gives_one_tagged_run_per_experiment(tmp_path: Path) -> None:
+    repo, env = make_project(tmp_path, {**TINY_TRAIN, "train.classification.epochs": 1})
+    run(["dvc", "repro", "tokenize@classification"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "data"], repo, env)
+    params_before = (repo / "params.yaml").read_bytes()
+    for cell in ("simple_rnn", "gru"):
+        run(
+            [
+                "dvc",
+                "exp",
+                "run",
+                "--queue",
+                "train_classification",
+                "-S",
+                f"train.classification.cell={cell}",
+            ],
+            repo,
+            env,
+        )
+    run(["dvc", "queue", "start", "-j", "1"], repo, env)
+    status = wait_for_queue(repo, env)
+    assert status.count("Success") == 2, status
+    assert (repo / "params.yaml").read_bytes() == params_before  # no stacked overrides
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("classification")
+    runs = client.search_runs(
+        [experiment.experiment_id], filter_string="tags.`pipeline.stage` = 'train'"
+    )
+    assert sorted(r.data.params["cell"] for r in runs) == ["gru", "simple_rnn"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    names = {r.data.tags.get("dvc.exp_name") for r in runs}
+    assert len(names) == 2 and None not in names
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env))
+    assert names <= set(_experiment_names(shown))
+
+
+def _experiment_names(shown: list[dict]) -> list[str]:
+    """Experiment names in `dvc exp show --json` output."""
+    names = []
+    for baseline in shown:
+        for experiment in baseline.get("experiments") or []:
+            names.append(experiment.get("name"))
+    return names
