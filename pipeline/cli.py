@@ -230,6 +230,38 @@ def _model_dir(model: Path, model_uri: str | None) -> Path:
     return model
 
 
+@app.command()
+def compare(
+    task: TaskArg,
+    run_id: Annotated[
+        list[str] | None,
+        typer.Option("--run-id", help="A training run id or unique prefix (repeatable)."),
+    ] = None,
+    tag: Annotated[str | None, typer.Option(help="Only runs with this tag, KEY=VALUE.")] = None,
+    dvc_exp: Annotated[
+        str | None, typer.Option(help="Only runs of this DVC experiment (tag dvc.exp_name).")
+    ] = None,
+    last: Annotated[
+        int | None, typer.Option(min=1, help="Only the N newest runs that pass the filters.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Report directory (default: reports/compare/TASK).")
+    ] = None,
+) -> None:
+    """Compare a task's training runs: differing params, metrics and gradient curves (HTML)."""
+    from pipeline.compare import CompareError, RunFilters, run_compare
+    from pipeline.tracking import make_client
+
+    filters = RunFilters(run_ids=tuple(run_id or ()), tag=tag, dvc_exp=dvc_exp, last=last)
+    out_dir = out or Path("reports/compare") / task.value
+    try:
+        result = run_compare(task.value, make_client(), filters, out_dir)
+    except CompareError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(result.table)
+    typer.echo(f"report: {result.report} (MLflow run {result.run_id})")
+
+
 def _read_json(path: Path, hint: str) -> dict:
     """Read a JSON file a previous stage wrote, or stop with a clear message."""
     import json

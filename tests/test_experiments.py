@@ -32,20 +32,20 @@ def test_queued_grid_gives_one_tagged_run_per_experiment(tmp_path: Path) -> None
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", "data"], repo, env)
     params_before = (repo / "params.yaml").read_bytes()
-    for cell in ("simple_rnn", "gru"):
-        run(
-            [
-                "dvc",
-                "exp",
-                "run",
-                "--queue",
-                "train_classification",
-                "-S",
-                f"train.classification.cell={cell}",
-            ],
-            repo,
-            env,
-        )
+    # The README's grid recipe: one command queues one experiment per value.
+    run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "--queue",
+            "train_classification",
+            "-S",
+            "train.classification.cell=simple_rnn,gru",
+        ],
+        repo,
+        env,
+    )
     run(["dvc", "queue", "start", "-j", "1"], repo, env)
     status = wait_for_queue(repo, env)
     assert status.count("Success") == 2, status

@@ -1,0 +1,475 @@
+"""Compare training runs of one task: what differs, how they scored, how their gradients flowed.
+
+Runs are read back from MLflow (the training run also carries the evaluate stage's test
+metrics). The comparison is a table (only the params that differ, beside the architecture) and a
+self-contained HTML report with overlaid loss, gradient-norm and gradient-flow curves; both are
+logged as artifacts of a `compare` run in the task's experiment, so a comparison is itself tracked.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from pipeline.tracking import stage_run
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+ALWAYS_PARAMS = ("cell", "units", "num_layers", "bidirectional")
+FIRST_METRICS = ("val_loss", "val_accuracy")
+METRIC_PREFIXES = ("val_", "test.", "baseline.")
+GRADIENT_PREFIXES = ("grad_horizon/", "grad_log_ratio/")
+TIMING_METRICS = ("final.train_seconds", "final.samples_per_second")
+FLOW_PREFIX = "grad_flow/"
+SHORT_ID = 8
+MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
+SEARCH_PAGE = 1000
+
+
+class CompareError(ValueError):
+    """No run matches, or a filter is malformed: a message for the user, not a traceback."""
+
+
+@dataclass(frozen=True)
+class RunFilters:
+    """Which training runs to compare; all given filters must hold."""
+
+    run_ids: tuple[str, ...] = ()
+    tag: str | None = None
+    dvc_exp: str | None = None
+    last: int | None = None
+    finished_only: bool = True
+
+    def describe(self) -> str:
+        """Name the active selection filters, so an empty match says what was asked for."""
+        chosen = {"run_ids": ",".join(self.run_ids), "tag": self.tag, "dvc_exp": self.dvc_exp}
+        chosen["last"] = self.last
+        return ", ".join(f"{k}={v}" for k, v in chosen.items() if v)
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """What `run_compare` produced and where it went."""
+
+    run_id: str
+    runs: list[Run]
+    rows: list[Row]
+    table: str
+    report: Path
+    files: list[Path] = field(default_factory=list)
+
+
+# --- selecting runs ------------------------------------------------------------------------
+
+
+def select_runs(
+    client: MlflowClient,
+    task: str,
+    *,
+    run_ids: Sequence[str] | None = None,
+    tag: str | None = None,
+    dvc_exp: str | None = None,
+    last: int | None = None,
+    finished_only: bool = True,
+) -> list[Run]:
+    """Return the task's training runs, newest first, that pass every given filter."""
+    if last is not None and last < 1:
+        raise CompareError(f"--last must be at least 1, got {last}")
+    experiment = client.get_experiment_by_name(task)
+    if experiment is None:
+        return []
+    runs = _search_train_runs(client, experiment.experiment_id, finished_only)
+    if tag:
+        key, value = parse_tag(tag)
+        runs = [r for r in runs if r.data.tags.get(key) == value]
+    if dvc_exp:
+        runs = [r for r in runs if r.data.tags.get("dvc.exp_name") == dvc_exp]
+    if run_ids:
+        runs = _match_ids(runs, run_ids)
+    return runs[:last] if last is not None else runs
+
+
+def parse_tag(tag: str) -> tuple[str, str]:
+    """Split a KEY=VALUE filter, so a missing '=' is an error rather than an empty match."""
+    key, sep, value = tag.partition("=")
+    if not sep or not key.strip():
+        raise CompareError(f"--tag expects KEY=VALUE, got {tag!r}")
+    return key.strip(), value.strip()
+
+
+def _search_train_runs(client: MlflowClient, experiment_id: str, finished_only: bool) -> list[Run]:
+    """Page through the training runs; tags and ids are matched locally (no quoting rules)."""
+    query = "tags.`pipeline.stage` = 'train'"
+    if finished_only:
+        query += " and attributes.status = 'FINISHED'"
+    runs: list[Run] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=query,
+            max_results=SEARCH_PAGE,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _match_ids(runs: list[Run], wanted: Sequence[str]) -> list[Run]:
+    """Keep runs named by full id or unique prefix; a typo is an error, not a silent drop."""
+    chosen: set[str] = set()
+    for prefix in wanted:
+        matches = [r.info.run_id for r in runs if r.info.run_id.startswith(prefix.strip())]
+        if not matches:
+            raise CompareError(f"no training run matching the other filters has id {prefix!r}")
+        if len(matches) > 1:
+            raise CompareError(f"run id prefix {prefix!r} is ambiguous: {', '.join(matches)}")
+        chosen.add(matches[0])
+    return [r for r in runs if r.info.run_id in chosen]
+
+
+# --- the table -----------------------------------------------------------------------------
+
+
+def differing_params(runs: Sequence[Run]) -> list[str]:
+    """List params whose values are not the same in every run (a missing param counts)."""
+    keys = sorted({key for run in runs for key in run.data.params})
+    return [k for k in keys if len({run.data.params.get(k) for run in runs}) > 1]
+
+
+def metric_columns(runs: Sequence[Run]) -> list[str]:
+    """Order the known metric keys that any run has: validation, test, baseline, gradients."""
+    present = {key for run in runs for key in run.data.metrics}
+    first = [k for k in FIRST_METRICS if k in present]
+    scored = [
+        k
+        for prefix in METRIC_PREFIXES
+        for k in sorted(present)
+        if k.startswith(prefix) and k not in first
+    ]
+    layers = sorted({k.split("/", 1)[1] for k in present if k.startswith(GRADIENT_PREFIXES)})
+    gradient = [
+        f"{p}{layer}" for layer in layers for p in GRADIENT_PREFIXES if f"{p}{layer}" in present
+    ]
+    return first + scored + gradient + [k for k in TIMING_METRICS if k in present]
+
+
+def comparison_table(runs: Sequence[Run]) -> list[Row]:
+    """Build one row per run: identity, architecture, differing params, then metrics."""
+    differing = [k for k in differing_params(runs) if k not in ALWAYS_PARAMS]
+    metrics = metric_columns(runs)
+    with_exp = any("dvc.exp_name" in run.data.tags for run in runs)
+    rows = []
+    for run in runs:
+        row: Row = {"run": run.info.run_name, "id": run.info.run_id[:SHORT_ID]}
+        if with_exp:
+            row["dvc_exp"] = run.data.tags.get("dvc.exp_name")
+        row |= {k: run.data.params.get(k) for k in (*ALWAYS_PARAMS, *differing)}
+        row |= {k: run.data.metrics.get(k) for k in metrics}
+        rows.append(row)
+    return rows
+
+
+def format_cell(value: Any) -> str:
+    """Render one table value: 4 significant digits for numbers, '-' for missing."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_table(rows: Sequence[Row], max_width: int | None = 120) -> str:
+    """Render rows as fixed-width text; wider than `max_width`, runs become columns instead."""
+    if not rows:
+        return "(no runs)"
+    headers = list(rows[0])
+    cells = [[format_cell(row.get(h)) for h in headers] for row in rows]
+    wide = _grid([headers, *cells])
+    if max_width is None or max(map(len, wide.splitlines())) <= max_width:
+        return wide
+    # Many metrics, few runs: a field per line reads better than a line that wraps.
+    fields = [[h, *(line[i] for line in cells)] for i, h in enumerate(headers)]
+    if "id" in headers:  # the short run id names each column
+        fields.insert(0, fields.pop(headers.index("id")))
+    return _grid(fields)
+
+
+def _grid(matrix: Sequence[Sequence[str]]) -> str:
+    """Lay out a header line, a rule and body lines; all-numeric columns are right-aligned."""
+    columns = list(zip(*matrix, strict=True))
+    widths = [max(map(len, column)) for column in columns]
+    numeric = [all(map(_looks_numeric, column[1:])) for column in columns]
+
+    def line(values: Sequence[str]) -> str:
+        parts = zip(values, widths, numeric, strict=True)
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in parts).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(matrix[0]), rule, *(line(values) for values in matrix[1:])])
+
+
+def _looks_numeric(text: str) -> bool:
+    """Tell numbers (and the '-' of a missing value) from text, for alignment."""
+    try:
+        float(text)
+    except ValueError:
+        return text == "-"
+    return True
+
+
+def comparison_json(
+    task: str, filters: RunFilters, runs: Sequence[Run], rows: Sequence[Row]
+) -> str:
+    """Serialise the comparison as strict JSON (NaN/inf become null) with the full run ids."""
+
+    def clean(value: Any) -> Any:
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    document = {
+        "task": task,
+        "filters": asdict(filters),
+        "run_ids": [run.info.run_id for run in runs],
+        "rows": [{k: clean(v) for k, v in row.items()} for row in rows],
+    }
+    return json.dumps(document, indent=2)
+
+
+# --- curves and figures --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunCurves:
+    """One run's metric histories as (steps, values), with the label its lines carry."""
+
+    label: str
+    series: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def run_label(run: Run) -> str:
+    """Label a run's lines: DVC experiment or run name, short id, cell."""
+    name = run.data.tags.get("dvc.exp_name") or run.info.run_name
+    cell = run.data.params.get("cell", "?")
+    return f"{name} {run.info.run_id[:SHORT_ID]} ({cell})"
+
+
+def fetch_curves(client: MlflowClient, run: Run) -> RunCurves:
+    """Fetch the histories the report plots: epoch losses, global grad norm, final flow."""
+    flow = sorted(k for k in run.data.metrics if k.startswith(FLOW_PREFIX))
+    series = {}
+    for key in ("loss", "val_loss", "grad_norm/global", *flow):
+        history = client.get_metric_history(run.info.run_id, key)
+        if history:
+            # A resumed run may log a step twice; the later value wins.
+            by_step = {m.step: m.value for m in sorted(history, key=lambda m: m.timestamp)}
+            steps = np.array(sorted(by_step))
+            series[key] = (steps, np.array([by_step[s] for s in steps], dtype=float))
+    return RunCurves(run_label(run), series)
+
+
+def _overlay(
+    ax: Axes, curves: Sequence[RunCurves], key: str, labelled: bool = True, **style: Any
+) -> bool:
+    """Draw `key` for every run that has it, one colour per run; True if anything was drawn."""
+    drawn = False
+    for index, run in enumerate(curves):
+        if key in run.series:
+            steps, values = run.series[key]
+            label = run.label if labelled else "_nolegend_"
+            ax.plot(steps, values, color=f"C{index % 10}", label=label, **style)
+            drawn = True
+    return drawn
+
+
+def _finish(ax: Axes, drawn: bool, title: str, xlabel: str, ylabel: str) -> None:
+    """Title and label an axis, with a note instead of an empty plot when no run has the data."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs, steps, timesteps
+    ax.set_title(title, fontsize="medium")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if drawn:
+        ax.legend(fontsize="small")
+    else:
+        ax.text(0.5, 0.5, "no data logged", ha="center", va="center", transform=ax.transAxes)
+
+
+def _new_figure(rows: int = 1) -> tuple[Figure, list[Axes]]:
+    """A figure with its own Agg canvas: no pyplot, no global backend switch."""
+    fig = Figure(figsize=(8.0, 3.6 * rows), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, list(fig.subplots(rows, 1, squeeze=False)[:, 0])
+
+
+def plot_losses(curves: Sequence[RunCurves]) -> Figure:
+    """Overlay training (solid) and validation (dashed) loss per epoch."""
+    fig, (ax,) = _new_figure()
+    drawn = _overlay(ax, curves, "loss", marker="o")
+    drawn |= _overlay(ax, curves, "val_loss", labelled=False, linestyle="--", marker="x")
+    _finish(ax, drawn, "loss (solid) and val_loss (dashed) per epoch", "epoch", "loss")
+    return fig
+
+
+def plot_grad_norms(curves: Sequence[RunCurves]) -> Figure:
+    """Overlay the global gradient norm per optimizer step on a log scale."""
+    fig, (ax,) = _new_figure()
+    drawn = _overlay(ax, curves, "grad_norm/global", linewidth=1.0)
+    ax.set_yscale("log", nonpositive="mask")
+    _finish(ax, drawn, "global gradient norm (before clipping)", "optimizer step", "‖g‖")
+    return fig
+
+
+def plot_grad_flow(curves: Sequence[RunCurves]) -> Figure:
+    """Overlay the final epoch's ‖∂L/∂h_t‖ against timestep, one panel per recurrent layer."""
+    keys = sorted({k for run in curves for k in run.series if k.startswith(FLOW_PREFIX)})
+    fig, axes = _new_figure(max(len(keys), 1))
+    if not keys:
+        _finish(axes[0], False, "gradient flow through time", "timestep t", "‖∂L/∂h_t‖")
+    for ax, key in zip(axes, keys, strict=False):
+        drawn = _overlay(ax, curves, key, linewidth=1.0)
+        ax.set_yscale("log", nonpositive="mask")
+        title = f"gradient flow through time, {key.removeprefix(FLOW_PREFIX)} (final epoch)"
+        _finish(ax, drawn, title, "timestep t (input position)", "mean ‖∂L/∂h_t‖")
+    return fig
+
+
+def figure_base64(fig: Figure) -> str:
+    """Encode a figure as a base64 PNG, so the report needs no side files."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+# --- the report ----------------------------------------------------------------------------
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
+table { border-collapse: collapse; font-size: 0.85rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; }
+th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1.5rem 0; }
+.meta { color: #666; font-size: 0.85rem; }
+.scroll { overflow-x: auto; }
+img { max-width: 100%; }
+"""
+
+
+def table_html(rows: Sequence[Row]) -> str:
+    """Render rows as an HTML table with escaped text and right-aligned numbers."""
+    headers = list(rows[0]) if rows else []
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = []
+    for row in rows:
+        cells = (
+            f'<td class="num">{format_cell(v)}</td>'
+            if isinstance(v, int | float)
+            else f"<td>{html.escape(format_cell(v))}</td>"
+            for v in (row.get(h) for h in headers)
+        )
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def render_html(title: str, meta: str, rows: Sequence[Row], images: dict[str, str]) -> str:
+    """Assemble the self-contained report page: table first, then the figures."""
+    figures = "".join(
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        for caption, data in images.items()
+    )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+        f'<h1>{html.escape(title)}</h1><p class="meta">{html.escape(meta)}</p>'
+        f'<div class="scroll">{table_html(rows)}</div>{figures}</body></html>\n'
+    )
+
+
+def write_report(client: MlflowClient, runs: Sequence[Run], path: Path) -> Path:
+    """Write the HTML comparison of `runs` (table and overlaid curves) to `path`."""
+    curves = [fetch_curves(client, run) for run in runs]
+    images = {
+        "Loss per epoch": figure_base64(plot_losses(curves)),
+        "Global gradient norm per step": figure_base64(plot_grad_norms(curves)),
+        "Gradient flow through time (final epoch)": figure_base64(plot_grad_flow(curves)),
+    }
+    task = runs[0].data.tags.get("pipeline.task", "?") if runs else "?"
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    meta = f"{len(runs)} training runs from {client.tracking_uri}, {stamp}"
+    page = render_html(f"Comparison of {task} runs", meta, comparison_table(runs), images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+# --- the compare stage ---------------------------------------------------------------------
+
+
+def run_compare(
+    task: str, client: MlflowClient, filters: RunFilters, out_dir: Path
+) -> CompareResult:
+    """Select runs, write the table and report, and log them to a new `compare` MLflow run."""
+    runs = select_runs(
+        client,
+        task,
+        run_ids=filters.run_ids,
+        tag=filters.tag,
+        dvc_exp=filters.dvc_exp,
+        last=filters.last,
+        finished_only=filters.finished_only,
+    )
+    if not runs:
+        state = "finished " if filters.finished_only else ""
+        where = f" ({filters.describe()})" if filters.describe() else ""
+        raise CompareError(
+            f"no {state}training runs of {task} match{where} in {client.tracking_uri}; "
+            f"train first (`python -m pipeline train {task} ...`) or relax the filters"
+        )
+    rows = comparison_table(runs)
+    table = format_table(rows)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [out_dir / "compare.txt", out_dir / "compare.json"]
+    files[0].write_text(table + "\n", encoding="utf-8")
+    files[1].write_text(comparison_json(task, filters, runs, rows) + "\n", encoding="utf-8")
+    report = write_report(client, runs, out_dir / "compare.html")
+    run_id = _log_compare_run(task, client, filters, runs, [report, *files])
+    return CompareResult(run_id, runs, rows, table, report, [report, *files])
+
+
+def _log_compare_run(
+    task: str, client: MlflowClient, filters: RunFilters, runs: Sequence[Run], files: list[Path]
+) -> str:
+    """Track the comparison itself: its filters, the runs it covered and its files."""
+    ids = ",".join(run.info.run_id for run in runs)
+    if len(ids) > MAX_TAG_LENGTH:  # the full list is in compare.json
+        ids = ids[: MAX_TAG_LENGTH - 3] + "..."
+    params = asdict(filters) | {"run_ids": ",".join(filters.run_ids)}
+    with stage_run(task, "compare", params, client=client) as run:
+        run.set_tags({"compare.run_ids": ids})
+        run.log_metrics({"compare.runs": float(len(runs))})
+        for path in files:
+            run.log_artifact(path)
+    log.info("compared %d runs of %s in MLflow run %s", len(runs), task, run.run_id)
+    return run.run_id
