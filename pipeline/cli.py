@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -285,5 +286,17 @@ def _vocab_summary(stats: dict[str, float]) -> str:
 
 
 def main() -> None:
-    """Run the CLI (console script and `python -m pipeline`)."""
-    app()
+    """Run the CLI (console script and `python -m pipeline`); errors print one line, not a trace.
+
+    Expected failures are turned into messages by the commands; this is the last resort for
+    the rest (corrupted files, full disks, ...). `--verbose` keeps the traceback in the log.
+    """
+    try:
+        app(standalone_mode=True)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the user gets the message; --verbose the trace
+        logging.getLogger("pipeline").debug("unhandled error", exc_info=True)
+        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,6 +147,58 @@ def _experiment_id(client: MlflowClient, name: str) -> str:
     return client.create_experiment(name, artifact_location=_artifact_location(client, name))
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking server cannot be reached; raised before any work starts."""
+
+
+def check_reachable(client: MlflowClient, timeout_s: float = 5.0) -> None:
+    """Fail within seconds when an HTTP tracking server is down (MLflow would retry ~2 min)."""
+    uri = client.tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as reply:
+            reply.read()
+    except (OSError, ValueError) as exc:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is unreachable ({exc}); start it, or unset "
+            "MLFLOW_TRACKING_URI to use the local store"
+        ) from None
+
+
+def process_tags() -> dict[str, str]:
+    """Host and PID of this stage, so a later stage can tell a dead run from a live one."""
+    return {"pipeline.host": socket.gethostname(), "pipeline.pid": str(os.getpid())}
+
+
+def reap_orphans(client: MlflowClient, experiment_id: str, stage: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of this stage whose process on this host is gone."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`pipeline.stage` = '{stage}' "
+        f"and tags.`pipeline.host` = '{socket.gethostname()}'",
+    )
+    reaped = []
+    for run in runs:
+        pid = int(run.data.tags.get("pipeline.pid", "0") or 0)
+        if pid and not _alive(pid):
+            client.set_terminated(run.info.run_id, status="KILLED")
+            reaped.append(run.info.run_id)
+            log.warning("marked run %s KILLED: its process %d is gone", run.info.run_id, pid)
+    return reaped
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this PID exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _open_run(
     client: MlflowClient, experiment_id: str, name: str, resume_run_id: str | None
 ) -> str:
@@ -166,12 +220,15 @@ def stage_run(
 ) -> Iterator[StageRun]:
     """Open an MLflow run for one stage; FAILED if the body raises, KILLED on Ctrl-C."""
     client = client or make_client()
+    check_reachable(client)
     experiment_id = _experiment_id(client, task)
+    reap_orphans(client, experiment_id, stage)
     run_id = _open_run(client, experiment_id, f"{stage}-{task}", resume_run_id)
     run = StageRun(client, run_id, experiment_id)
     tags = {
         "pipeline.stage": stage,
         "pipeline.task": task,
+        **process_tags(),
         **git_state(),
         **manifest_tags(manifest),
     }
