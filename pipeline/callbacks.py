@@ -63,7 +63,7 @@ class Progress(keras.callbacks.Callback):
         self.epoch_started = time.perf_counter()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self.samples += self.batch_size
+        self.samples += self.batch_size  # upper bound: a last, partial batch counts in full
         if (batch + 1) % (self.every * 5) == 0 and logs:
             rate = self.samples / max(time.perf_counter() - self.started, 1e-9)
             log.info(

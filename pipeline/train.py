@@ -137,7 +137,7 @@ def compile_model(setup: TrainingSetup, cfg: TrainParams) -> InstrumentedModel:
 
 def callbacks_for(
     setup: TrainingSetup, cfg: TrainParams, run: StageRun, checkpoint: Checkpoint, work: Path
-) -> tuple[list[keras.callbacks.Callback], MlflowMetrics, NanGuard, GradientFlowLogger]:
+) -> tuple[list[keras.callbacks.Callback], MlflowMetrics, NanGuard, GradientFlowLogger, Progress]:
     """Assemble the trainer's callbacks (order matters: NaN guard before the checkpoint)."""
     from pipeline.gradient_flow import GradientFlowProbe
 
@@ -149,7 +149,8 @@ def callbacks_for(
     stack: list[keras.callbacks.Callback] = [guard, metrics, flow]
     if setup.reporters:
         stack.append(EpochReports(setup.reporters, run, work / "reports", setup.model))
-    stack.append(Progress(cfg.log_every_n_steps, cfg.batch_size, cfg.epochs))
+    progress = Progress(cfg.log_every_n_steps, cfg.batch_size, cfg.epochs)
+    stack.append(progress)
     if cfg.early_stopping_patience:
         stack.append(
             keras.callbacks.EarlyStopping(
@@ -157,7 +158,7 @@ def callbacks_for(
             )
         )
     stack.append(checkpoint.bind(run.run_id))
-    return stack, metrics, guard, flow
+    return stack, metrics, guard, flow, progress
 
 
 def fit(
@@ -165,7 +166,7 @@ def fit(
 ) -> tuple[dict[str, float], MlflowMetrics, GradientFlowLogger]:
     """Run `model.fit` with instrumentation; raise TrainingDiverged on a non-finite loss."""
     model = compile_model(setup, cfg)
-    stack, metrics, guard, flow = callbacks_for(setup, cfg, run, checkpoint, work)
+    stack, metrics, guard, flow, progress = callbacks_for(setup, cfg, run, checkpoint, work)
     started = time.perf_counter()
     history = model.fit(
         setup.train,
@@ -187,7 +188,7 @@ def fit(
     final |= {
         "train_seconds": seconds,
         "steps": float(steps),
-        "samples_per_second": steps * cfg.batch_size / max(seconds, 1e-9),
+        "samples_per_second": progress.samples / max(seconds, 1e-9),  # this session only
         "epochs_run": float(len(metrics.epoch_rows)),
     }
     return final, metrics, flow
