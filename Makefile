@@ -6,7 +6,7 @@ export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test lint mlflow-ui clean
+.PHONY: setup repro test lint mlflow-ui mlflow-server clean
 
 $(BIN)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
@@ -26,6 +26,14 @@ test: lint  ## Lint, then run every test (slow ones included).
 
 mlflow-ui: setup  ## Browse runs in the local store at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# Lean tracking server (FACTS: 2 processes, ~0.5 GB, ~7 s to healthy) over the same local store;
+# use it with MLFLOW_TRACKING_URI=http://127.0.0.1:5000. Artifacts of experiments it creates go
+# to mlruns/ (git-ignored) through its artifact proxy.
+mlflow-server: setup  ## Tracking server at http://127.0.0.1:5000 (sqlite mlflow.db, 1 worker)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server \
+		--backend-store-uri sqlite:///mlflow.db --artifacts-destination mlruns \
+		--host 127.0.0.1 --port 5000 --workers 1
 
 clean:
 	rm -rf $(VENV)

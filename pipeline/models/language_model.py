@@ -1,0 +1,73 @@
+"""Causal language model: tokens -> embedding -> recurrent block -> logits over the vocabulary.
+
+With `tie_embeddings` the output projection is the transposed input embedding matrix (Press &
+Wolf 2017) plus a learned per-token bias; when the recurrent output width differs from
+`embedding_dim`, a linear `projection` Dense maps it to `embedding_dim` first. The model
+predicts token t+1 from tokens <= t, so a bidirectional block (which would read the answer)
+is rejected.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from pipeline.models.recurrent import recurrent_stack, token_embedding
+from pipeline.params import LanguageModelTrain
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class TiedEmbedding(keras.layers.ReversibleEmbedding):
+    """Reversible embedding whose reverse (logits) call keeps the hidden states' padding mask."""
+
+    def compute_mask(self, inputs, mask=None):
+        """Forward calls set their own mask in `call`; reverse calls pass the incoming one on."""
+        return mask
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class VocabBias(keras.layers.Layer):
+    """Add a learned bias per vocabulary entry (tied logits have none of their own)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def build(self, input_shape) -> None:
+        """Create one bias per logit."""
+        self.bias = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="bias")
+
+    def call(self, inputs):
+        """Shift every position's logits by the bias."""
+        return ops.add(inputs, self.bias)
+
+
+def check_causal(cfg: LanguageModelTrain) -> None:
+    """Refuse settings that would let the model see the token it must predict."""
+    if cfg.bidirectional:
+        raise ValueError(
+            "train.language_model.bidirectional must be false: a causal language model may only "
+            "read tokens before the one it predicts (the backward pass would read the answer)"
+        )
+
+
+def build_language_model(cfg: LanguageModelTrain, vocab_size: int) -> keras.Model:
+    """Build Embedding -> RNN (all steps) -> logits, optionally with tied input/output weights."""
+    check_causal(cfg)
+    tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
+    if not cfg.tie_embeddings:
+        # Masked embedding: pad steps (id 0) neither update the state nor count in the loss.
+        x = token_embedding(vocab_size, cfg.embedding_dim)(tokens)
+        # Recurrent block: every layer returns its whole sequence, one state per position.
+        x = recurrent_stack(x, cfg, sequences=True)
+        # Head: unnormalised next-token scores (the loss applies the softmax).
+        logits = keras.layers.Dense(vocab_size, name="head")(x)
+        return keras.Model(tokens, logits, name="language_model")
+    embedding = TiedEmbedding(vocab_size, cfg.embedding_dim, mask_zero=True, name="embedding")
+    x = recurrent_stack(embedding(tokens), cfg, sequences=True)
+    if cfg.units != cfg.embedding_dim:
+        # Tied logits need hidden states in embedding space.
+        x = keras.layers.Dense(cfg.embedding_dim, name="projection")(x)
+    # Head: scores against every (shared) embedding row, plus a per-token bias.
+    logits = VocabBias(name="head")(embedding(x, reverse=True))
+    return keras.Model(tokens, logits, name="language_model")

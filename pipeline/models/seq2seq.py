@@ -1,0 +1,305 @@
+"""Encoder-decoder for translation: one teacher-forced training graph, plus an encoder model and
+a one-step decoder model that call the very same layer objects (so they share every weight).
+
+Architecture (Luong et al. 2015: global attention on top of the decoder RNN):
+
+- `source` -> `source_embedding` (mask_zero) -> `encoder_1..N` (return_sequences and
+  return_state). The last encoder layer's outputs are the attention memory.
+- `encoder_i`'s final state(s) initialise `decoder_i`. A bidirectional encoder has forward and
+  backward states of `units` each: they are concatenated (2*units) and projected to the
+  decoder's `units` by `bridge_i_h` (tanh) and, for LSTM, `bridge_i_c` (linear: a cell state
+  is not bounded). Its memory is 2*units wide.
+- `target_in` (BOS + target) -> `target_embedding` (mask_zero) -> `decoder_1..N`
+  (unidirectional, return_sequences and return_state).
+- attention `luong`: `keras.layers.Attention` (dot product h_t . k_s). Keys are the memory, or
+  the `attention_keys` projection of it when a bidirectional memory is wider than h_t (Luong's
+  "general" score). `bahdanau`: `keras.layers.AdditiveAttention` on `attention_query(h_t)` and
+  `attention_keys(memory)`, i.e. v . tanh(W_q h_t + W_k h_s). Both attend with the current
+  decoder output h_t (not Bahdanau's s_{t-1} with the context fed back in), so the decoder stays
+  a plain Keras RNN that the gradient-flow probe can instrument. Source padding is masked.
+- `attention_output` = tanh(W [context; h_t]) (Luong's attentional state), then `logits`.
+  Without attention, `logits` reads h_t directly.
+
+The step model receives the memory as an input; pad positions must be zero there (the
+decoding code zeroes them) so its `memory_mask` Masking layer recovers the source mask.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import keras
+
+from pipeline.models.recurrent import recurrent_layer, token_embedding
+from pipeline.params import TranslationTrain
+
+SOURCE, TARGET_IN, TOKEN = "source", "target_in", "token"
+MEMORY, KEYS, LOGITS, ATTENTION = "memory", "keys", "logits", "attention"
+STATE_KINDS = ("h", "c")
+KerasTensor = keras.KerasTensor
+
+
+@dataclass
+class Seq2SeqLayers:
+    """Every weight-owning layer of the encoder-decoder; all graphs are built from these."""
+
+    source_embedding: keras.layers.Layer
+    target_embedding: keras.layers.Layer
+    encoders: list[keras.layers.Layer]
+    bridges: list[list[keras.layers.Layer]]
+    decoders: list[keras.layers.Layer]
+    logits: keras.layers.Layer
+    attention: keras.layers.Layer | None = None
+    attention_query: keras.layers.Layer | None = None
+    attention_keys: keras.layers.Layer | None = None
+    attention_output: keras.layers.Layer | None = None
+
+    def state_names(self) -> list[list[str]]:
+        """Names of each decoder layer's states (`state_1_h`, `state_1_c`, ...)."""
+        return [
+            [f"state_{i}_{kind}" for kind in STATE_KINDS[: state_count(layer)]]
+            for i, layer in enumerate(self.decoders, start=1)
+        ]
+
+    def memory_width(self) -> int:
+        """Feature width of the last encoder layer's outputs."""
+        return output_width(self.encoders[-1])
+
+
+@dataclass
+class Seq2Seq:
+    """The training model and the inference models that share its layers."""
+
+    model: keras.Model
+    encoder: keras.Model
+    decoder: keras.Model
+    layers: Seq2SeqLayers
+
+    @property
+    def has_attention(self) -> bool:
+        """Whether the decoder attends to the encoder memory."""
+        return self.layers.attention is not None
+
+
+def state_count(layer: keras.layers.Layer) -> int:
+    """States per recurrent layer: 2 for LSTM (h, c), else 1."""
+    size = layer.cell.state_size
+    return len(size) if isinstance(size, list | tuple) else 1
+
+
+def output_width(layer: keras.layers.Layer) -> int:
+    """Output features of a (possibly bidirectional, concatenating) recurrent layer."""
+    if isinstance(layer, keras.layers.Bidirectional):
+        return int(layer.forward_layer.units + layer.backward_layer.units)
+    return int(layer.units)
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def make_layers(cfg: TranslationTrain, src_vocab: int, tgt_vocab: int) -> Seq2SeqLayers:
+    """Create the layers for a configuration (no graph yet)."""
+    decoder_cfg = cfg.model_copy(update={"bidirectional": False})
+    indices = range(1, cfg.num_layers + 1)
+    kinds = STATE_KINDS[: 2 if cfg.cell == "lstm" else 1]
+    bridges = [
+        [
+            keras.layers.Dense(
+                cfg.units, activation="tanh" if kind == "h" else None, name=f"bridge_{i}_{kind}"
+            )
+            for kind in kinds
+        ]
+        if cfg.bidirectional
+        else []
+        for i in indices
+    ]
+    return Seq2SeqLayers(
+        source_embedding=token_embedding(src_vocab, cfg.embedding_dim, "source_embedding"),
+        target_embedding=token_embedding(tgt_vocab, cfg.embedding_dim, "target_embedding"),
+        encoders=[recurrent_layer(cfg, f"encoder_{i}", True, return_state=True) for i in indices],
+        bridges=bridges,
+        decoders=[
+            recurrent_layer(decoder_cfg, f"decoder_{i}", True, return_state=True) for i in indices
+        ],
+        logits=keras.layers.Dense(tgt_vocab, name=LOGITS),
+        **attention_layers(cfg),
+    )
+
+
+def attention_layers(cfg: TranslationTrain) -> dict[str, keras.layers.Layer]:
+    """The attention layer and the projections its score function needs."""
+    if cfg.attention == "none":
+        return {}
+    dense = keras.layers.Dense
+    layers = {"attention_output": dense(cfg.units, activation="tanh", name="attention_output")}
+    if cfg.attention == "bahdanau":
+        layers["attention"] = keras.layers.AdditiveAttention(name=ATTENTION)
+        layers["attention_query"] = dense(cfg.units, use_bias=False, name="attention_query")
+        layers["attention_keys"] = dense(cfg.units, use_bias=False, name="attention_keys")
+    else:
+        layers["attention"] = keras.layers.Attention(name=ATTENTION)
+        if cfg.bidirectional:
+            layers["attention_keys"] = dense(cfg.units, use_bias=False, name="attention_keys")
+    return layers
+
+
+def layers_from_model(model: keras.Model) -> Seq2SeqLayers:
+    """Find the layers of a trained (e.g. loaded) training model by name."""
+    names = {layer.name for layer in model.layers}
+    count = sum(1 for name in names if re.fullmatch(r"decoder_\d+", name))
+
+    def optional(name: str) -> keras.layers.Layer | None:
+        return model.get_layer(name) if name in names else None
+
+    indices = range(1, count + 1)
+    return Seq2SeqLayers(
+        source_embedding=model.get_layer("source_embedding"),
+        target_embedding=model.get_layer("target_embedding"),
+        encoders=[model.get_layer(f"encoder_{i}") for i in indices],
+        bridges=[
+            [model.get_layer(f"bridge_{i}_{k}") for k in STATE_KINDS if f"bridge_{i}_{k}" in names]
+            for i in indices
+        ],
+        decoders=[model.get_layer(f"decoder_{i}") for i in indices],
+        logits=model.get_layer(LOGITS),
+        attention=optional(ATTENTION),
+        attention_query=optional("attention_query"),
+        attention_keys=optional("attention_keys"),
+        attention_output=optional("attention_output"),
+    )
+
+
+# --------------------------------------------------------------------------- graphs
+
+
+def dropout(x: KerasTensor, rate: float, name: str) -> KerasTensor:
+    """Dropout on recurrent outputs in the training graph only (inference skips it)."""
+    return keras.layers.Dropout(rate, name=name)(x) if rate > 0 else x
+
+
+def bridge(states: list[KerasTensor], dense: list[keras.layers.Layer]) -> list[KerasTensor]:
+    """Map one encoder layer's final states to its decoder layer's initial states."""
+    if not dense:
+        return states
+    half = len(dense)
+    pairs = zip(states[:half], states[half:], strict=True)
+    return [
+        layer(keras.layers.Concatenate(name=f"{layer.name}_concat")([forward, backward]))
+        for layer, (forward, backward) in zip(dense, pairs, strict=True)
+    ]
+
+
+def encode(
+    layers: Seq2SeqLayers, source: KerasTensor, rate: float = 0.0
+) -> tuple[KerasTensor, KerasTensor, list[list[KerasTensor]]]:
+    """Source ids -> (memory, attention keys, decoder initial states per layer)."""
+    x = layers.source_embedding(source)
+    states = []
+    for index, (encoder, dense) in enumerate(zip(layers.encoders, layers.bridges, strict=True)):
+        x, *final = encoder(x)
+        states.append(bridge(final, dense))
+        x = dropout(x, rate, f"encoder_dropout_{index + 1}")
+    keys = layers.attention_keys(x) if layers.attention_keys is not None else x
+    return x, keys, states
+
+
+def attend(
+    layers: Seq2SeqLayers, h: KerasTensor, memory: KerasTensor, keys: KerasTensor
+) -> tuple[KerasTensor, KerasTensor]:
+    """Attentional state tanh(W[context; h]) and the attention weights (B, T, S)."""
+    query = layers.attention_query(h) if layers.attention_query is not None else h
+    # Always ask for the weights: Keras cannot build a model from a layer whose calls return
+    # differently structured outputs, and the step model needs them for heatmaps.
+    context, weights = layers.attention([query, memory, keys], return_attention_scores=True)
+    merged = keras.layers.Concatenate(name="attention_concat")([context, h])
+    return layers.attention_output(merged), weights
+
+
+def decode(
+    layers: Seq2SeqLayers,
+    tokens: KerasTensor,
+    memory: KerasTensor | None,
+    keys: KerasTensor | None,
+    states: list[list[KerasTensor]],
+    rate: float = 0.0,
+) -> tuple[KerasTensor, list[list[KerasTensor]], KerasTensor | None]:
+    """Target ids + initial states -> (logits, final states per layer, attention weights)."""
+    y = layers.target_embedding(tokens)
+    finals = []
+    for index, (decoder, initial) in enumerate(zip(layers.decoders, states, strict=True)):
+        y, *final = decoder(y, initial_state=initial)
+        finals.append(final)
+        y = dropout(y, rate, f"decoder_dropout_{index + 1}")
+    weights = None
+    if layers.attention is not None:
+        y, weights = attend(layers, y, memory, keys)
+    return layers.logits(y), finals, weights
+
+
+def token_input(name: str) -> KerasTensor:
+    """A (batch, time) int32 id input."""
+    return keras.Input(shape=(None,), dtype="int32", name=name)
+
+
+def training_model(layers: Seq2SeqLayers, rate: float) -> keras.Model:
+    """Teacher forcing: (source, BOS + target) -> logits (B, T, tgt_vocab)."""
+    source, target_in = token_input(SOURCE), token_input(TARGET_IN)
+    memory, keys, states = encode(layers, source, rate)
+    logits, _, _ = decode(layers, target_in, memory, keys, states, rate)
+    return keras.Model({SOURCE: source, TARGET_IN: target_in}, logits, name="seq2seq")
+
+
+def encoder_model(layers: Seq2SeqLayers) -> keras.Model:
+    """Source ids -> memory, keys (with attention) and `state_<layer>_<h|c>` outputs."""
+    source = token_input(SOURCE)
+    memory, keys, states = encode(layers, source)
+    outputs = {
+        name: state
+        for names, values in zip(layers.state_names(), states, strict=True)
+        for name, state in zip(names, values, strict=True)
+    }
+    if layers.attention is not None:
+        outputs[MEMORY] = memory
+        if layers.attention_keys is not None:
+            outputs[KEYS] = keys
+    return keras.Model({SOURCE: source}, outputs, name="seq2seq_encoder")
+
+
+def step_model(layers: Seq2SeqLayers) -> keras.Model:
+    """One decoder step: token (B, 1), memory, keys, states -> logits, states, attention."""
+    inputs = {TOKEN: keras.Input(shape=(1,), dtype="int32", name=TOKEN)}
+    units = [int(layer.units) for layer in layers.decoders]
+    for width, names in zip(units, layers.state_names(), strict=True):
+        inputs |= {name: keras.Input(shape=(width,), name=name) for name in names}
+    memory = keys = None
+    if layers.attention is not None:
+        inputs[MEMORY] = keras.Input(shape=(None, layers.memory_width()), name=MEMORY)
+        memory = keys = keras.layers.Masking(0.0, name="memory_mask")(inputs[MEMORY])
+        if layers.attention_keys is not None:
+            width = int(layers.attention_keys.units)
+            keys = inputs[KEYS] = keras.Input(shape=(None, width), name=KEYS)
+    states = [[inputs[name] for name in names] for names in layers.state_names()]
+    logits, finals, weights = decode(layers, inputs[TOKEN], memory, keys, states)
+    outputs = {LOGITS: logits}
+    for names, values in zip(layers.state_names(), finals, strict=True):
+        outputs |= dict(zip(names, values, strict=True))
+    if weights is not None:
+        outputs[ATTENTION] = weights
+    return keras.Model(inputs, outputs, name="seq2seq_decoder_step")
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def build_seq2seq(cfg: TranslationTrain, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
+    """Build the training model and its weight-sharing encoder and step decoder."""
+    layers = make_layers(cfg, src_vocab, tgt_vocab)
+    model = training_model(layers, cfg.dropout)
+    return Seq2Seq(model, encoder_model(layers), step_model(layers), layers)
+
+
+def seq2seq_from_model(model: keras.Model) -> Seq2Seq:
+    """Rebuild the inference models around a trained training model's layers (by name)."""
+    layers = layers_from_model(model)
+    return Seq2Seq(model, encoder_model(layers), step_model(layers), layers)

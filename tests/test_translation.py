@@ -1,0 +1,225 @@
+"""Translation task: loss and metrics, BLEU, the dictionary baseline, and (slow) the real
+pipeline on a few hundred real Ding sentence pairs: train, evaluate, save/load, translate."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.corpus import read_jsonl
+from pipeline.lexicon import learn_lexicon, translate_words
+from pipeline.params import Task, TranslationTokenize, TranslationTrain, load_params
+from pipeline.tasks import translation
+from pipeline.tokenize import BOS_ID, EOS_ID
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_teacher_forcing_adds_bos_and_eos() -> None:
+    """Decoder input is BOS + y, the target y + EOS."""
+    target_in, target_out = translation.teacher_forcing([np.asarray([7, 8], np.int32)])
+    assert target_in[0].tolist() == [BOS_ID, 7, 8] and target_out[0].tolist() == [7, 8, EOS_ID]
+
+
+def test_dataset_batches_named_inputs() -> None:
+    """Batches are ({source, target_in}, target_out), padded with PAD=0."""
+    cfg = TranslationTrain(batch_size=2, bucket_by_length=False)
+    source = [np.asarray(s, np.int32) for s in ([5, 6, 7], [8], [9, 9])]
+    target = [np.asarray(t, np.int32) for t in ([4], [5, 6], [7])]
+    inputs, outputs = next(iter(translation.make_dataset(source, target, cfg, shuffle=False)))
+    assert inputs["source"].numpy().tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert inputs["target_in"].numpy().tolist() == [[BOS_ID, 4, 0], [BOS_ID, 5, 6]]
+    assert outputs.numpy().tolist() == [[4, EOS_ID, 0], [5, 6, EOS_ID]]
+
+
+def padded_example() -> tuple[np.ndarray, np.ndarray]:
+    """Targets with pads and random logits."""
+    targets = np.asarray([[4, 5, 3], [6, 3, 0]], dtype=np.int32)
+    logits = np.random.default_rng(0).normal(size=(2, 3, 9)).astype(np.float32)
+    return targets, logits
+
+
+def manual_cross_entropy(targets: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """(B, T) cross-entropy with numpy."""
+    log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    return -np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+
+
+def test_losses_ignore_padding() -> None:
+    """Training loss = mean over real tokens; probe loss = per-example sum; pads never count."""
+    targets, logits = padded_example()
+    real = targets != 0
+    tokens = manual_cross_entropy(targets, logits)
+    scrambled = logits.copy()
+    scrambled[1, 2] = 50.0  # a pad position
+    for values in (logits, scrambled):
+        mean = float(translation.token_loss()(targets, values))
+        assert mean == pytest.approx(tokens[real].mean(), rel=1e-5)
+        per_example = np.asarray(translation.per_example_loss(targets, values))
+        np.testing.assert_allclose(per_example, (tokens * real).sum(axis=1), rtol=1e-5)
+
+
+def test_token_accuracy_ignores_padding() -> None:
+    """4 real tokens, 2 right: 2/4 whatever is predicted at the pads."""
+    targets = np.asarray([[4, 5, 3], [6, 0, 0]], dtype=np.int32)
+    predicted = np.asarray([[4, 5, 7], [8, 0, 0]])
+    logits = keras.ops.one_hot(predicted, 9).numpy()
+    metric = translation.TokenAccuracy()
+    metric.update_state(targets, logits)
+    assert float(metric.result()) == pytest.approx(2 / 4)
+
+
+def test_bleu_and_chrf_of_perfect_and_wrong_hypotheses() -> None:
+    """A perfect hypothesis scores 100; an unrelated one scores far less."""
+    references = ["He went away empty-handed.", "I am genuinely curious to see his report."]
+    perfect = translation.corpus_scores(references, references, "test", "_greedy")
+    assert perfect == pytest.approx({"test.bleu_greedy": 100.0, "test.chrf_greedy": 100.0})
+    wrong = translation.corpus_scores(["Nothing.", "Cats sleep."], references, "test")
+    assert wrong["test.bleu"] < 10 and wrong["test.chrf"] < 30
+
+
+def test_lexicon_learns_word_translations() -> None:
+    """Dice association picks each word's partner, not the most frequent target word."""
+    pairs = [
+        ("Ich bin müde.", "I am tired."),
+        ("Ich bin hier.", "I am here."),
+        ("Du bist müde.", "You are tired."),
+        ("Du bist hier.", "You are here."),
+        ("Ich bin alt.", "I am old."),
+        ("Du schläfst.", "You sleep."),
+    ]
+    lexicon = learn_lexicon(pairs)
+    assert lexicon["müde"] == "tired" and lexicon["du"] == "you" and lexicon["bist"] == "are"
+    assert translate_words(lexicon, "Du bist alt, Bob!") == "You are old, Bob!"
+
+
+# --------------------------------------------------------------------------- real data (slow)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """300 real Ding pairs (apt-get download, cached), tokenized with ~120 pieces per side."""
+    from pipeline.download import default_cache_dir, run_download
+    from pipeline.tokenize import run_tokenize
+
+    root = tmp_path_factory.mktemp("translation")
+    download = load_params(ROOT / "params.yaml").download.translation
+    download = download.model_copy(update={"max_examples": 300})
+    run_download(Task.translation, download, root / "raw", default_cache_dir())
+    tokenize = TranslationTokenize(vocab_size=120)
+    run_tokenize(Task.translation, tokenize, root / "raw", root / "tok")
+    return {"root": root, "raw": root / "raw", "tok": root / "tok"}
+
+
+TINY = {
+    "units": 16,
+    "embedding_dim": 16,
+    "max_len": 24,
+    "batch_size": 16,
+    "epochs": 3,
+    "learning_rate": 0.01,
+    "clip_norm": 5.0,
+    "dropout": 0.0,
+    "log_every_n_steps": 5,
+    "probe_batch_size": 4,
+    "examples": 3,
+    "attention_maps": 2,
+    "beam_size": 3,
+    "decode_max_len": 12,
+}
+SENTENCES = ["Er ist leer ausgegangen.", "", "Xyzzy ☃ 漢字 qqq!"]
+
+
+def validation_loss(model: keras.Model, data_dir: Path, cfg: TranslationTrain) -> float:
+    """Mean token loss of `model` on the validation pairs."""
+    pairs = translation.load_pairs(data_dir, "val", cfg.max_len)
+    inputs, targets = translation.model_inputs(*pairs)
+    return float(translation.token_loss()(targets, model(inputs)))
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data: dict[str, Path]) -> dict[str, Any]:
+    """Train with the shared trainer and a real MLflow run (sqlite store in a temp dir)."""
+    from pipeline.models.seq2seq import seq2seq_from_model
+    from pipeline.tracking import stage_run
+    from pipeline.train import Checkpoint, run_train, set_seed
+    from pipeline.translate import Translator, translate_texts
+
+    root, cfg = tiny_data["root"], TranslationTrain(**TINY)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.chdir(root)
+        set_seed(cfg.seed)
+        with stage_run("translation", "train", cfg.model_dump(mode="json")) as run:
+            setup = translation.setup(cfg, tiny_data["tok"])
+            before = validation_loss(setup.model, tiny_data["tok"], cfg)
+            checkpoint = Checkpoint(root / "ckpt", "tiny")
+            result = run_train(
+                setup, cfg, run, checkpoint, root / "model", root / "plots", root / "epochs"
+            )
+        after = validation_loss(setup.model, tiny_data["tok"], cfg)
+        in_memory = Translator.from_parts(
+            seq2seq_from_model(setup.model), root / "model/src.model", root / "model/tgt.model"
+        )
+        expected = translate_texts(in_memory, SENTENCES, beam_size=2, max_len=10)
+    return {"cfg": cfg, "before": before, "after": after, "result": result, "expected": expected}
+
+
+@pytest.mark.slow
+def test_training_reduces_loss_and_writes_reports(tiny_data, trained) -> None:
+    """Validation loss falls; the model, tokenizers, tables and heatmaps are written."""
+    assert trained["after"] < trained["before"] - 0.5
+    vocab = translation.vocab_sizes(tiny_data["tok"])[1]
+    assert trained["before"] == pytest.approx(math.log(vocab), abs=0.5)  # ~uniform at init
+    model_dir = trained["result"].model_dir
+    assert {"model.keras", "src.model", "tgt.model"} <= {p.name for p in model_dir.iterdir()}
+    epoch = tiny_data["root"] / "epochs" / "reports" / "epoch_003"
+    rows = (epoch / "examples.tsv").read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "source\treference\thypothesis" and len(rows) == 1 + 3
+    assert (epoch / "attention_1.png").stat().st_size > 1000
+    assert (epoch / "attention_2.png").is_file() and not (epoch / "attention_3.png").exists()
+    metrics = trained["result"].metrics
+    assert 0 < metrics["val_token_accuracy"] <= 1
+    assert {"grad_horizon/encoder_1", "grad_horizon/decoder_1"} <= set(metrics)
+
+
+@pytest.mark.slow
+def test_evaluate_scores_greedy_beam_and_baseline(tiny_data, trained, tmp_path: Path) -> None:
+    """Flat, finite metrics within their ranges; reports for every test sentence."""
+    cfg = trained["cfg"]
+    metrics = translation.evaluate(
+        cfg, trained["result"].model_dir, tiny_data["tok"], tiny_data["raw"], tmp_path
+    )
+    assert set(metrics) == {
+        "test.bleu_greedy",
+        "test.bleu_beam",
+        "test.chrf_greedy",
+        "test.chrf_beam",
+        "test.token_accuracy",
+        "baseline.bleu",
+        "baseline.chrf",
+    }
+    assert all(math.isfinite(v) and 0 <= v <= 100 for v in metrics.values())
+    assert 0 < metrics["test.token_accuracy"] < 1 and metrics["baseline.chrf"] > 5
+    rows = (tmp_path / "translations.tsv").read_text(encoding="utf-8").splitlines()
+    test_pairs = len(read_jsonl(tiny_data["raw"] / "test.jsonl"))
+    assert rows[0] == "source\treference\tgreedy\tbeam" and len(rows) == 1 + test_pairs
+    assert len((tmp_path / "examples.tsv").read_text().splitlines()) == 1 + cfg.examples
+    assert (tmp_path / "attention_2.png").is_file()
+
+
+@pytest.mark.slow
+def test_translate_after_save_and_load(trained) -> None:
+    """The saved model translates like the in-memory one; empty and unknown input are fine."""
+    from pipeline.translate import translate
+
+    model_dir = trained["result"].model_dir
+    texts = translate(model_dir, SENTENCES, beam_size=2, max_len=10)
+    assert texts == trained["expected"]
+    assert texts[1] == "" and all(isinstance(t, str) for t in texts)
+    assert translate(model_dir, [], beam_size=1, max_len=5) == []

@@ -1,0 +1,112 @@
+"""The MLflow UI, in a real headless Chromium, shows a training run's gradient norms.
+
+A user's path: switch the UI to model training, open the task's experiment, open the training
+run, find `grad_norm/global` in its metrics table (with the value the client reads) and as a
+chart in the model-metrics tab. Screenshots go to `tmp_path` and to `$PYTEST_ARTIFACTS`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.entities import Run
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.mlflow_server import MlflowServer
+from tests.pipeline_runs import train_on, write_tiny_params
+
+pytest_plugins = ["tests.conftest_server"]
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-quic",
+    "--disable-sync",
+]
+TIMEOUT_MS = 60_000  # generous: a cold UI bundle on a busy 2-core runner
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium under Playwright; missing Chromium fails (CI installs it)."""
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} not found: `apt-get install -y chromium` (.ci/run does this)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def training_run(
+    mlflow_server: MlflowServer, tiny_data, default_params: dict[str, Any], tmp_path: Path
+) -> Run:
+    """A tiny real training run logged to the test's server through the CLI."""
+    _, tok = tiny_data("classification")
+    params = write_tiny_params(tmp_path / "params.yaml", default_params)
+    return train_on(mlflow_server, tok, tmp_path, params)
+
+
+def screenshot(page: Page, name: str, tmp_path: Path) -> Path:
+    """Save a screenshot beside the test and, when CI collects them, in `$PYTEST_ARTIFACTS`."""
+    path = tmp_path / name
+    page.screenshot(path=str(path))
+    if os.environ.get("PYTEST_ARTIFACTS"):
+        target = Path(os.environ["PYTEST_ARTIFACTS"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target / name)
+    return path
+
+
+def open_training_run(page: Page, uri: str) -> None:
+    """Navigate as a user would: model-training view -> experiment -> training run."""
+    page.goto(f"{uri}/", wait_until="domcontentloaded")
+    page.get_by_text("Model training", exact=True).click()  # the UI opens in its GenAI view
+    page.get_by_role("link", name="Experiments", exact=True).click()
+    page.get_by_role("link", name="classification", exact=True).click()
+    page.get_by_role("link", name="train-classification", exact=True).click()
+
+
+def shown_metric_value(page: Page, key: str) -> float:
+    """The value the run page's metrics table shows for `key`."""
+    page.get_by_placeholder("Search metrics").fill(key)
+    link = page.get_by_role("link", name=key, exact=True)
+    row = page.get_by_role("row").filter(has=link)
+    expect(row).to_be_visible(timeout=TIMEOUT_MS)
+    return float(row.inner_text().split()[-1])
+
+
+def test_ui_shows_the_gradient_norm_of_a_training_run(
+    browser: Browser, mlflow_server: MlflowServer, training_run: Run, tmp_path: Path
+) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        open_training_run(page, mlflow_server.uri)
+        run_page = re.compile(rf"#/experiments/\d+/runs/{training_run.info.run_id}")
+        expect(page).to_have_url(run_page, timeout=TIMEOUT_MS)
+        shown = shown_metric_value(page, "grad_norm/global")
+        assert shown == pytest.approx(training_run.data.metrics["grad_norm/global"])
+        screenshot(page, "ui-run-metrics.png", tmp_path)
+        page.get_by_role("tab", name="Model metrics").click()
+        page.get_by_placeholder("Search metric charts").fill("grad_norm/global")
+        legend = page.get_by_text("train-classification (grad_norm/global)", exact=True)
+        expect(legend).to_be_visible(timeout=TIMEOUT_MS)
+        screenshot(page, "ui-grad-norm-chart.png", tmp_path)
+    except BaseException:
+        screenshot(page, "ui-failure.png", tmp_path)
+        raise
