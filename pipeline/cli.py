@@ -156,6 +156,10 @@ def train(
             result = run_train(setup, cfg, run, checkpoint, out, plots, plots / "epochs")
             write_json(metrics, result.metrics)
             run.log_artifact(metrics)
+            if task is Task.classification:
+                from pipeline.serving import log_pyfunc_model
+
+                log_pyfunc_model(run, out, cfg.max_len)  # raw text in, served by MLflow
     except TrainingDiverged as exc:
         raise fail(f"training diverged: {exc} (MLflow run marked FAILED)") from None
     typer.echo(f"wrote {out} (MLflow run {result.run_id})")
@@ -261,6 +265,64 @@ def compare(
         raise fail(str(exc)) from None
     typer.echo(result.table)
     typer.echo(f"report: {result.report} (MLflow run {result.run_id})")
+
+
+@app.command()
+def generate(
+    task: TaskArg,
+    prompt: Annotated[str, typer.Option(help="Text to continue (unknown characters: UNK).")] = (
+        "ROMEO:"
+    ),
+    tokens: Annotated[int, typer.Option(min=1, help="Subword tokens to sample.")] = 200,
+    temperature: Annotated[
+        float, typer.Option(min=0.0, min_open=True, help="Softmax temperature.")
+    ] = 0.8,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", min=1, help="Sample among the k likeliest.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed: same seed, same text.")] = 0,
+    model: Annotated[Path, typer.Option(help="Trained model directory (train --out).")] = Path(
+        "models/language_model"
+    ),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Sample text from the trained language model."""
+    if task is not Task.language_model:
+        raise fail("generate supports only language_model", 2)
+    cfg = read_params(params).train.language_model
+    if not (model / "model.keras").is_file():
+        raise fail(f"{model / 'model.keras'} not found: run `dvc repro` first")
+    from pipeline.generate import generate as sample_text
+    from pipeline.generate import load_generator
+
+    lm, sp = load_generator(model)
+    typer.echo(
+        sample_text(
+            lm, sp, prompt, tokens, temperature, top_k=top_k, seed=seed, context=cfg.max_len
+        )
+    )
+
+
+@app.command()
+def translate(
+    sentence: Annotated[str, typer.Argument(help="German sentence to translate.")],
+    model: Annotated[Path, typer.Option(help="Trained model directory (train --out).")] = Path(
+        "models/translation"
+    ),
+    beam_size: Annotated[
+        int | None, typer.Option(min=1, help="Beam width, 1 = greedy (default: params).")
+    ] = None,
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Translate one German sentence into English with the trained model."""
+    cfg = read_params(params).train.translation
+    if not (model / "model.keras").is_file():
+        raise fail(f"{model / 'model.keras'} not found: run `dvc repro` first")
+    from pipeline.translate import translate as run_translate
+
+    beam = beam_size or cfg.beam_size
+    [text] = run_translate(model, [sentence], beam, cfg.decode_max_len, cfg.length_penalty)
+    typer.echo(text)
 
 
 def _read_json(path: Path, hint: str) -> dict:
