@@ -229,6 +229,12 @@ class LanguageModelTrain(TrainParams):
     sample_tokens: int = Field(100, ge=1, le=2000, description="Tokens per logged sample.")
     sample_temperature: float = Field(0.8, gt=0, le=10, description="Softmax temperature.")
 
+    @model_validator(mode="after")
+    def _causal(self) -> LanguageModelTrain:
+        if self.bidirectional:
+            raise ValueError("bidirectional must be false: a language model may not see the future")
+        return self
+
 
 class TranslationTrain(TrainParams):
     """Encoder-decoder with optional attention."""

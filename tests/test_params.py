@@ -144,3 +144,11 @@ def test_bad_params_open_no_mlflow_run(write_params, mlflow_uri, tmp_path: Path)
     assert result.exit_code == 2
     assert not (tmp_path / "mlflow.db").exists()
     assert not (tmp_path / "o").exists()
+
+
+def test_bidirectional_language_model_is_rejected(write_params) -> None:
+    with pytest.raises(ParamsError) as caught:
+        load_params(write_params({"train.language_model.bidirectional": True}))
+    assert caught.value.problems == [
+        "train.language_model: bidirectional must be false: a language model may not see the future"
+    ]
