@@ -275,7 +275,7 @@ def generate(
     ),
     tokens: Annotated[int, typer.Option(min=1, help="Subword tokens to sample.")] = 200,
     temperature: Annotated[
-        float, typer.Option(min=0.0, min_open=True, help="Softmax temperature.")
+        float, typer.Option(help="Softmax temperature (> 0).")
     ] = 0.8,
     top_k: Annotated[
         int | None, typer.Option("--top-k", min=1, help="Sample among the k likeliest.")
@@ -289,6 +289,8 @@ def generate(
     """Sample text from the trained language model."""
     if task is not Task.language_model:
         raise fail("generate supports only language_model", 2)
+    if temperature <= 0:
+        raise fail(f"--temperature must be > 0, got {temperature}", 2)
     cfg = read_params(params).train.language_model
     if not (model / "model.keras").is_file():
         raise fail(f"{model / 'model.keras'} not found: run `dvc repro` first")
