@@ -154,3 +154,22 @@ def test_unwritable_output_fails_the_run_cleanly(
     client = MlflowClient(mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("classification").experiment_id])
     assert run.info.status == "FAILED"
+
+
+def test_generate_and_translate_check_their_inputs(tmp_path: Path, write_params) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    params = str(write_params())
+    runner = CliRunner()
+    wrong = runner.invoke(app, ["generate", "classification", "--params", params])
+    assert wrong.exit_code == 2 and "only language_model" in wrong.output
+    cold = runner.invoke(
+        app, ["generate", "language_model", "--temperature", "0", "--params", params]
+    )
+    assert cold.exit_code == 2 and "--temperature must be > 0" in cold.output
+    missing = runner.invoke(
+        app, ["translate", "Hallo.", "--model", str(tmp_path / "none"), "--params", params]
+    )
+    assert missing.exit_code == 1 and "not found" in missing.output
