@@ -34,7 +34,7 @@ def sh(args: list[str], cwd: Path) -> tuple[float, str]:
 
 
 def stages(repo: Path) -> list[str]:
-    """Stage names in execution order (from `dvc dag --md`-independent `dvc stage list`)."""
+    """Stage names in execution order, as `dvc repro --dry` would run them."""
     _, out = sh(["dvc", "repro", "--dry"], repo)
     return [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
 
