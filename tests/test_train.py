@@ -165,7 +165,7 @@ def test_evaluate_matches_scikit_learn_on_saved_predictions(trained, mlflow_uri)
         ["predict", "classification", "great film", "--model-uri", uri, "--params", str(params)],
     )
     assert from_mlflow.exit_code == 0, from_mlflow.output
-    assert from_mlflow.output.strip().splitlines()[-1] == lines[0]
+    assert from_mlflow.stdout.strip().splitlines()[-1] == lines[0]  # progress bar: stderr
 
 
 def test_nan_loss_fails_the_run_and_writes_no_model(
