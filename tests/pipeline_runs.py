@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.conftest import TINY_DATA, set_key
 from tests.mlflow_server import MlflowServer
-from tests.test_train import TINY_TRAIN
+from tests.test_train import TINY_TRAIN, train_args
 
 CLI_TIMEOUT_S = 300
 # Retry sooner than MLflow's default (factor 2: waits 0, 4, 8, 16, 32 ... s) so a client that
@@ -76,22 +76,7 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Compl
 
 def train_cli(tok: Path, out: Path, params: Path) -> list[str]:
     """`train classification` arguments writing everything under `out` (like dvc.yaml)."""
-    return [
-        "train",
-        "classification",
-        "--data",
-        str(tok),
-        "--out",
-        str(out / "model"),
-        "--plots",
-        str(out / "plots"),
-        "--metrics",
-        str(out / "train.json"),
-        "--checkpoints",
-        str(out / "ckpt"),
-        "--params",
-        str(params),
-    ]
+    return train_args(tok, params, out)
 
 
 def train_on(server: MlflowServer, tok: Path, out: Path, params: Path) -> Run:
