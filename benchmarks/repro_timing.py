@@ -34,9 +34,9 @@ def sh(args: list[str], cwd: Path) -> tuple[float, str]:
 
 
 def stages(repo: Path) -> list[str]:
-    """Stage names in execution order, as `dvc repro --dry` would run them."""
-    _, out = sh(["dvc", "repro", "--dry"], repo)
-    return [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
+    """Stage names in dvc.yaml order, which is dependency order (a misordered stage fails)."""
+    _, out = sh(["dvc", "stage", "list", "--name-only"], repo)
+    return out.split()
 
 
 def bump(repo: Path) -> None:

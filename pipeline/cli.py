@@ -116,13 +116,6 @@ def tokenize(
 ModelDir = Annotated[Path, typer.Option(help="Directory of the trained model (train --out).")]
 
 
-def _task_module(task: Task):
-    """The task adapter module (imported lazily: it pulls in TensorFlow)."""
-    import importlib
-
-    return importlib.import_module(f"pipeline.tasks.{task.value}")
-
-
 @app.command()
 def train(
     task: TaskArg,
@@ -134,35 +127,72 @@ def train(
         Path, typer.Option(help="Per-epoch checkpoints (kept outside DVC outputs for resume).")
     ] = Path("checkpoints"),
     params: ParamsOpt = Path("params.yaml"),
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Start this many local workers on loopback (needs distribute: multi_worker); "
+            "0 = this process is one worker.",
+        ),
+    ] = 0,
+    worker_timeout: Annotated[
+        float,
+        typer.Option(min=1, help="Seconds a collective may wait for a silent worker."),
+    ] = 300.0,
+    launch_timeout: Annotated[
+        float, typer.Option(min=1, help="With --workers: seconds before all workers are stopped.")
+    ] = 24 * 3600.0,
 ) -> None:
     """Train the task's model with gradient-norm and gradient-flow instrumentation."""
     cfg = read_params(params).train.section(task)
-    from pipeline.corpus import write_json
-    from pipeline.tracking import stage_run
-    from pipeline.train import Checkpoint, TrainingDiverged, fingerprint, run_train, set_seed
+    if workers:
+        argv = ["train", task.value, "--data", str(data), "--out", str(out), "--plots", str(plots)]
+        argv += ["--metrics", str(metrics), "--checkpoints", str(checkpoints)]
+        argv += ["--params", str(params), "--worker-timeout", str(worker_timeout)]
+        timeouts = (launch_timeout, worker_timeout + 10)
+        _launch_workers(task, cfg.distribute, workers, argv, checkpoints, timeouts)
+        return
+    from pipeline.distribute import WorkerFailed, make_worker
 
-    set_seed(cfg.seed)
-    checkpoint = Checkpoint(checkpoints / task.value, fingerprint(cfg, data))
-    resume = checkpoint.resumable_run_id()
     try:
-        with stage_run(
-            task,
-            "train",
-            cfg.model_dump(mode="json"),
-            manifest=_read_manifest(data),
-            resume_run_id=resume,
-        ) as run:
-            setup = _task_module(task).setup(cfg, data)
-            result = run_train(setup, cfg, run, checkpoint, out, plots, plots / "epochs")
-            write_json(metrics, result.metrics)
-            run.log_artifact(metrics)
-            if task is Task.classification:
-                from pipeline.serving import log_pyfunc_model
+        worker = make_worker(cfg.distribute, worker_timeout)
+    except WorkerFailed as exc:
+        raise fail(str(exc), EXIT_BAD_PARAMS) from None
+    from pipeline.distribute import scratch_for
+    from pipeline.train import TrainingDiverged, TrainPaths, train_task
 
-                log_pyfunc_model(run, out, cfg.max_len)  # raw text in, served by MLflow
+    paths = TrainPaths(data, out, plots, metrics, checkpoints / task.value)
+    try:
+        with scratch_for(worker) as scratch:
+            result = train_task(
+                task, cfg, paths.under(scratch) if scratch else paths, worker, _read_manifest(data)
+            )
     except TrainingDiverged as exc:
         raise fail(f"training diverged: {exc} (MLflow run marked FAILED)") from None
-    typer.echo(f"wrote {out} (MLflow run {result.run_id})")
+    if worker.is_chief:
+        typer.echo(f"wrote {out} (MLflow run {result.run_id})")
+
+
+def _launch_workers(
+    task: Task,
+    distribute: str,
+    workers: int,
+    argv: list[str],
+    checkpoints: Path,
+    timeouts: tuple[float, float],
+) -> None:
+    """Run `argv` (this `train` command minus --workers) as N workers, each with a TF_CONFIG."""
+    if distribute != "multi_worker":
+        raise fail(
+            f"--workers needs train.{task.value}.distribute: multi_worker, got {distribute!r}",
+            EXIT_BAD_PARAMS,
+        )
+    from pipeline.distribute import WorkerFailed, launch_local
+
+    try:
+        launch_local(workers, argv, checkpoints / f"{task.value}-workers", *timeouts)
+    except WorkerFailed as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -274,9 +304,7 @@ def generate(
         "ROMEO:"
     ),
     tokens: Annotated[int, typer.Option(min=1, help="Subword tokens to sample.")] = 200,
-    temperature: Annotated[
-        float, typer.Option(help="Softmax temperature (> 0).")
-    ] = 0.8,
+    temperature: Annotated[float, typer.Option(help="Softmax temperature (> 0).")] = 0.8,
     top_k: Annotated[
         int | None, typer.Option("--top-k", min=1, help="Sample among the k likeliest.")
     ] = None,

@@ -5,6 +5,10 @@ it already computed (no second backward pass), returns the global gradient norm,
 layer and, when clipping is on, the norm after clipping. Embedding gradients arrive as
 `tf.IndexedSlices` with repeated row indices; `tf.linalg.global_norm` squares each repeat
 separately and gets the norm wrong, so repeats are summed before squaring here.
+
+Under a tf.distribute strategy with several replicas the step all-reduces the gradients first,
+so the norms (and the clipping) are those of the global-batch gradient, the same numbers a
+single worker would log.
 """
 
 from __future__ import annotations
@@ -64,6 +68,37 @@ def gradient_norms(
     return gradients, norms
 
 
+def replica_count() -> int:
+    """Replicas training in sync (1 without a strategy)."""
+    context = tf.distribute.get_replica_context()
+    return context.num_replicas_in_sync if context else 1
+
+
+def all_reduce(gradients: list) -> list:
+    """Sum gradients over replicas (Keras scaled each replica's loss by 1/N already)."""
+    context = tf.distribute.get_replica_context()
+    present = [i for i, g in enumerate(gradients) if g is not None]
+    reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [gradients[i] for i in present])
+    out = list(gradients)
+    for i, g in zip(present, reduced, strict=True):
+        out[i] = g
+    return out
+
+
+def per_worker(logs: dict, replicas: int) -> dict:
+    """Give scalar step results a length-1 axis when several replicas train.
+
+    Keras averages step results over workers with `reduce("MEAN", value, axis=0)`, which
+    rejects scalars; with a length-1 axis it averages the workers' values, as intended.
+    """
+    if replicas == 1:
+        return logs
+    return {
+        key: tf.reshape(value, [1]) if value.shape.rank == 0 else value
+        for key, value in logs.items()
+    }
+
+
 class InstrumentedModel(keras.Model):
     """A functional model whose train step also reports gradient norms.
 
@@ -85,11 +120,39 @@ class InstrumentedModel(keras.Model):
                 x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True
             )
             batch = tf.shape(tf.nest.flatten(x)[0])[0]
-            self._loss_tracker.update_state(loss, sample_weight=batch)
+            replicas = replica_count()  # Keras divides each replica's loss by this
+            self._loss_tracker.update_state(loss * replicas, sample_weight=batch)
             scaled = self.optimizer.scale_loss(loss)
         variables = self.trainable_variables
         gradients = tape.gradient(scaled, variables)
+        if replicas > 1:
+            gradients = all_reduce(gradients)
         gradients, norms = gradient_norms(gradients, self._groups, self.clip_norm)
+        if replicas > 1:  # the optimizer sums over replicas again: hand it 1/N of the total
+            gradients = [scale_gradient(g, 1.0 / replicas) for g in gradients]
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         metrics = self.compute_metrics(x, y, y_pred, sample_weight=sample_weight)
-        return {**metrics, **norms}
+        return per_worker({**metrics, **norms}, replicas)
+
+    def test_step(self, data):
+        """Keras's test step, with results shaped for multi-worker reduction."""
+        return per_worker(super().test_step(data), replica_count())
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Build metrics and optimizer from this worker's slice of the first batch.
+
+        Keras (3.x, TF backend) averages the first batch over replicas to get its shapes;
+        under MultiWorkerMirroredStrategy that reduce fails on an (x, y) tuple of per-replica
+        values. The local slice has the same structure and is all the build needs.
+        """
+        if iterator is not None and self._distribute_strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(self._local_slice, next(batches))
+                break
+        return super()._maybe_symbolic_build(data_batch=data_batch)
+
+    def _local_slice(self, value):
+        """The first local component of a distributed value (plain values pass through)."""
+        if isinstance(value, tf.distribute.DistributedValues):
+            return self.distribute_strategy.experimental_local_results(value)[0]
+        return value

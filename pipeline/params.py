@@ -213,6 +213,11 @@ class TrainParams(RecurrentParams):
     log_every_n_steps: int = Field(10, ge=1, description="Gradient-norm logging period (steps).")
     probe_batch_size: int = Field(32, ge=1, description="Examples in the gradient-flow probe.")
     seed: int = Field(42, ge=0, description="Seed for weights, shuffling and dropout.")
+    distribute: Literal["none", "mirrored", "multi_worker"] = Field(
+        "none",
+        description="tf.distribute strategy: none, mirrored (this host's GPUs) or multi_worker "
+        "(hosts from TF_CONFIG, or `train --workers N` locally); batch_size is the global batch.",
+    )
 
 
 class ClassificationTrain(TrainParams):

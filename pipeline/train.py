@@ -33,7 +33,7 @@ from pipeline.callbacks import (
 from pipeline.corpus import write_json
 from pipeline.gradients import InstrumentedModel
 from pipeline.params import TrainParams
-from pipeline.tracking import StageRun
+from pipeline.tracking import StageRun, stage_run
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,32 @@ class TrainingSetup:
     probe_loss: Callable[[Any, Any], tf.Tensor]
     assets: dict[str, Path] = field(default_factory=dict)
     reporters: list[Reporter] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    """Where one training reads and writes; `scratch` is set for a non-chief worker."""
+
+    data: Path
+    out: Path
+    plots: Path
+    metrics: Path
+    checkpoints: Path
+    scratch: Path | None = None
+
+    def under(self, scratch: Path) -> TrainPaths:
+        """The same outputs inside `scratch`, seeded with the chief's checkpoint (same resume)."""
+        checkpoints = scratch / "checkpoints"
+        if self.checkpoints.is_dir():
+            shutil.copytree(self.checkpoints, checkpoints)
+        return TrainPaths(
+            self.data,
+            scratch / "model",
+            scratch / "plots",
+            scratch / "metrics.json",
+            checkpoints,
+            scratch,
+        )
 
 
 @dataclass(frozen=True)
@@ -251,3 +277,44 @@ def run_train(
     run.log_metrics({f"final.{k}": v for k, v in final.items()})
     checkpoint.clear()
     return TrainResult(metrics=final, model_dir=out_dir, run_id=run.run_id)
+
+
+def train_task(
+    task: str, cfg: TrainParams, paths: TrainPaths, worker, manifest: dict | None
+) -> TrainResult:
+    """Train one task under the worker's strategy; only the chief's run and files are kept.
+
+    A non-chief worker logs to a throwaway MLflow store in its scratch directory: it must run
+    the same callbacks as the chief (they may read mirrored weights), but nothing of it is kept.
+    """
+    import importlib
+
+    from mlflow.tracking import MlflowClient
+
+    set_seed(cfg.seed)
+    checkpoint = Checkpoint(paths.checkpoints, fingerprint(cfg, paths.data))
+    resume = checkpoint.resumable_run_id()
+    scratch_client = MlflowClient(f"sqlite:///{paths.scratch}/mlflow.db") if paths.scratch else None
+    with stage_run(
+        task,
+        "train",
+        cfg.model_dump(mode="json"),
+        manifest=manifest,
+        resume_run_id=resume if worker.is_chief else None,
+        client=scratch_client,
+    ) as run:
+        run.set_tags(
+            {"pipeline.workers": str(worker.count), "pipeline.replicas": str(worker.replicas)}
+        )
+        with worker.strategy.scope():
+            setup = importlib.import_module(f"pipeline.tasks.{task}").setup(cfg, paths.data)
+            result = run_train(
+                setup, cfg, run, checkpoint, paths.out, paths.plots, paths.plots / "epochs"
+            )
+        write_json(paths.metrics, result.metrics)
+        run.log_artifact(paths.metrics)
+        if task == "classification" and worker.is_chief:
+            from pipeline.serving import log_pyfunc_model
+
+            log_pyfunc_model(run, paths.out, cfg.max_len)  # raw text in, served by MLflow
+    return result
