@@ -6,7 +6,7 @@ export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test lint mlflow-ui mlflow-server clean
+.PHONY: setup repro test lint compare-cells mlflow-ui mlflow-server clean
 
 $(BIN)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
@@ -23,6 +23,18 @@ lint: setup
 
 test: lint  ## Lint, then run every test (slow ones included).
 	pytest
+
+# SimpleRNN vs LSTM vs GRU (and a bidirectional GRU, except for the causal language model) on
+# one task, each as a DVC experiment in a temporary copy (params.yaml is left alone), then the
+# compare report. Commit your changes first. Quicker: SET="-S train.$(TASK).epochs=1".
+TASK ?= classification
+SET ?=
+compare-cells: setup  ## Compare cells on TASK (default classification) and open the report.
+	for cell in simple_rnn lstm gru; do \
+		dvc exp run --temp -S train.$(TASK).cell=$$cell $(SET) || exit 1; done
+	$(if $(filter language_model,$(TASK)),,dvc exp run --temp \
+		-S train.$(TASK).cell=gru -S train.$(TASK).bidirectional=true $(SET))
+	python -m pipeline compare $(TASK) --last $(if $(filter language_model,$(TASK)),3,4) --open
 
 mlflow-ui: setup  ## Browse runs in the local store at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

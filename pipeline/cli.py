@@ -282,6 +282,9 @@ def compare(
     out: Annotated[
         Path | None, typer.Option(help="Report directory (default: reports/compare/TASK).")
     ] = None,
+    open_report: Annotated[
+        bool, typer.Option("--open", help="Open the HTML report in the default web browser.")
+    ] = False,
 ) -> None:
     """Compare a task's training runs: differing params, metrics and gradient curves (HTML)."""
     from pipeline.compare import CompareError, RunFilters, run_compare
@@ -295,6 +298,11 @@ def compare(
         raise fail(str(exc)) from None
     typer.echo(result.table)
     typer.echo(f"report: {result.report} (MLflow run {result.run_id})")
+    if open_report:
+        import webbrowser
+
+        if not webbrowser.open(result.report.resolve().as_uri()):
+            typer.echo("no web browser found here: open the report file above", err=True)
 
 
 @app.command()

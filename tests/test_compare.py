@@ -186,18 +186,18 @@ def test_run_compare_logs_report_to_a_compare_run(store, tmp_path: Path) -> None
 
 @pytest.mark.slow
 def test_compare_command_prints_table_and_report(store, tmp_path: Path) -> None:
-    names = {command.name or command.callback.__name__ for command in app.registered_commands}
-    if "compare" not in names:
-        pytest.skip("`compare` is not registered in pipeline/cli.py yet")
     client, ids, _ = store
     out = tmp_path / "cli"
     args = ["compare", TASK, "--run-id", ids["rnn"][:8], "--run-id", ids["gru"], "--out", str(out)]
+    opened: list[str] = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", client.tracking_uri)
-        result = CliRunner().invoke(app, args)
+        patch.setattr("webbrowser.open", lambda url: opened.append(url) or True)
+        result = CliRunner().invoke(app, [*args, "--open"])
         missing = CliRunner().invoke(app, ["compare", TASK, "--dvc-exp", "nope"])
     assert result.exit_code == 0, result.output
     assert ids["rnn"][:8] in result.output and str(out / "compare.html") in result.output
+    assert opened == [(out / "compare.html").resolve().as_uri()]
     assert missing.exit_code == 1 and "error: no finished training runs" in missing.output
 
 

@@ -1,4 +1,4 @@
-"""DVC experiment grids: a queued 2-experiment grid gives two tagged MLflow runs."""
+"""DVC experiment grids: a queued 2-experiment grid, run two at a time, gives two MLflow runs."""
 
 from __future__ import annotations
 
@@ -26,7 +26,9 @@ def wait_for_queue(repo: Path, env: dict[str, str], timeout: float = 420) -> str
     raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
 
 
-def test_queued_grid_gives_one_tagged_run_per_experiment(tmp_path: Path) -> None:
+def test_concurrent_queued_grid_gives_one_complete_tagged_run_per_experiment(
+    tmp_path: Path,
+) -> None:
     repo, env = make_project(tmp_path, {**TINY_TRAIN, "train.classification.epochs": 1})
     run(["dvc", "repro", "tokenize@classification"], repo, env)
     run(["git", "add", "-A"], repo, env)
@@ -46,7 +48,7 @@ def test_queued_grid_gives_one_tagged_run_per_experiment(tmp_path: Path) -> None
         repo,
         env,
     )
-    run(["dvc", "queue", "start", "-j", "1"], repo, env)
+    run(["dvc", "queue", "start", "-j", "2"], repo, env)  # both at once, one sqlite store
     status = wait_for_queue(repo, env)
     assert status.count("Success") == 2, status
     assert (repo / "params.yaml").read_bytes() == params_before  # no stacked overrides
@@ -58,6 +60,10 @@ def test_queued_grid_gives_one_tagged_run_per_experiment(tmp_path: Path) -> None
     )
     assert sorted(r.data.params["cell"] for r in runs) == ["gru", "simple_rnn"]
     assert all(r.info.status == "FINISHED" for r in runs)
+    first, second = sorted(runs, key=lambda r: r.info.start_time)
+    assert second.info.start_time < first.info.end_time  # they really ran concurrently
+    steps = [len(client.get_metric_history(r.info.run_id, "grad_norm/global")) for r in runs]
+    assert steps[0] == steps[1] > 0  # every logged step of both arrived
     names = {r.data.tags.get("dvc.exp_name") for r in runs}
     assert len(names) == 2 and None not in names
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env))
