@@ -5,7 +5,8 @@ tokenized data). The plain variant is that model compiled with Keras's own train
 callbacks; the instrumented one is what `train` runs: the project's train step (global and
 per-layer gradient norms, global-norm clipping) plus the MLflow metrics and gradient-flow
 callbacks, logging to a throwaway local store. Both train on the same cached batches; epochs
-are interleaved and the median samples/s of each is compared, so machine noise hits both alike.
+are interleaved, so machine noise hits both alike, and the best epoch of each is compared
+(noise only ever slows an epoch down; the medians are printed and saved too).
 
     python benchmarks/trainer_overhead.py --steps 40 --repeats 5 --out overhead.json
 """
@@ -79,6 +80,7 @@ def measure(task: Task, cfg: TrainParams, data: Path, steps: int, repeats: int, 
             for name, (model, callbacks) in variants.items():
                 rates[name].append(time_epoch(model, callbacks, batches, samples))
     medians = {name: statistics.median(values) for name, values in rates.items()}
+    best = {name: max(values) for name, values in rates.items()}
     return {
         "cell": cfg.cell,
         "units": cfg.units,
@@ -86,7 +88,9 @@ def measure(task: Task, cfg: TrainParams, data: Path, steps: int, repeats: int, 
         "steps": steps,
         "samples_per_s": rates,
         "median_samples_per_s": medians,
-        "ratio": medians["instrumented"] / medians["plain"],
+        "best_samples_per_s": best,
+        "ratio": best["instrumented"] / best["plain"],
+        "ratio_of_medians": medians["instrumented"] / medians["plain"],
     }
 
 
@@ -109,11 +113,11 @@ def main(
             cfg = config.train.section(task)
             result = measure(task, cfg, data_root / task.value, steps, repeats, Path(tmp))
             results[task.value] = result
-            medians = result["median_samples_per_s"]
+            best = result["best_samples_per_s"]
             typer.echo(
-                f"{task.value:<15} {cfg.cell}({cfg.units})  plain {medians['plain']:7.1f}  "
-                f"instrumented {medians['instrumented']:7.1f} samples/s  "
-                f"ratio {result['ratio']:.3f}"
+                f"{task.value:<15} {cfg.cell}({cfg.units})  plain {best['plain']:7.1f}  "
+                f"instrumented {best['instrumented']:7.1f} samples/s (best epochs)  "
+                f"ratio {result['ratio']:.3f}  (of medians {result['ratio_of_medians']:.3f})"
             )
     if out:
         out.write_text(json.dumps(results, indent=2))

@@ -168,3 +168,27 @@ def test_killed_worker_stops_the_launcher_within_the_timeout(
     (run,) = client.search_runs([client.get_experiment_by_name("classification").experiment_id])
     assert run.info.status in {"FAILED", "KILLED"}
     print(f"launcher exited {elapsed:.1f} s after the kill; chief's run {run.info.status}")
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_trains_with_the_same_instrumentation(
+    tiny_data, write_params, mlflow_uri, tmp_path
+):
+    _, tok = tiny_data("classification")
+    mirrored = TINY_TRAIN | {"train.classification.distribute": "mirrored"}
+    result = CliRunner().invoke(app, train_args(tok, write_params(mirrored), tmp_path))
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("classification").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["distribute"] == "mirrored"
+    assert run.data.tags["pipeline.replicas"] == str(len(local_devices()))
+    assert len(client.get_metric_history(run.info.run_id, "grad_norm/global")) > 1
+    assert (tmp_path / "model" / "model.keras").is_file()
+
+
+def local_devices() -> list:
+    """What MirroredStrategy mirrors over here: the GPUs, or the one CPU."""
+    import tensorflow as tf
+
+    return tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")[:1]
