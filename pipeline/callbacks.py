@@ -7,12 +7,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
+from pipeline.gradients import GLOBAL as GLOBAL_NORM
 from pipeline.gradients import PREFIX as GRAD_PREFIX
 from pipeline.tracking import StageRun
 
@@ -24,13 +26,30 @@ def current_step(model: keras.Model) -> int:
     return int(model.optimizer.iterations.numpy())
 
 
+@dataclass(frozen=True)
+class Logged:
+    """How far a resumed run's metrics already go, so a redone epoch is not logged twice.
+
+    (A kill between an epoch's flush and its checkpoint makes the rerun repeat that epoch.)
+    """
+
+    steps: int = 0
+    epochs: int = 0
+
+    @classmethod
+    def of(cls, run: StageRun) -> Logged:
+        """Read the run's last logged optimizer step and epoch."""
+        return cls(steps=run.last_step(GLOBAL_NORM), epochs=run.last_step("loss"))
+
+
 class MlflowMetrics(keras.callbacks.Callback):
     """Buffer gradient norms every `every` steps and epoch metrics; flush once per epoch."""
 
-    def __init__(self, run: StageRun, every: int):
+    def __init__(self, run: StageRun, every: int, logged: Logged = Logged()):
         super().__init__()
         self.run = run
         self.every = every
+        self.logged = logged
         self.step_rows: list[dict[str, float]] = []
         self.epoch_rows: list[dict[str, float]] = []
 
@@ -40,12 +59,14 @@ class MlflowMetrics(keras.callbacks.Callback):
             return
         norms = {k: float(v) for k, v in (logs or {}).items() if k.startswith(GRAD_PREFIX)}
         norms["train/loss"] = float(logs["loss"]) if logs and "loss" in logs else math.nan
-        self.run.log_metrics(norms, step=step)
+        if step > self.logged.steps:
+            self.run.log_metrics(norms, step=step)
         self.step_rows.append({"step": step, **norms})
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         values = {k: float(v) for k, v in (logs or {}).items() if not k.startswith(GRAD_PREFIX)}
-        self.run.log_metrics(values, step=epoch + 1)
+        if epoch + 1 > self.logged.epochs:
+            self.run.log_metrics(values, step=epoch + 1)
         self.epoch_rows.append({"epoch": epoch + 1, **values})
         self.run.flush()
 
@@ -98,9 +119,9 @@ class NanGuard(keras.callbacks.Callback):
 class GradientFlowLogger(keras.callbacks.Callback):
     """Measure ‖∂L/∂h_t‖ on the probe batch after every epoch and log curve, plot, horizon."""
 
-    def __init__(self, probe, run: StageRun, out_dir: Path):
+    def __init__(self, probe, run: StageRun, out_dir: Path, logged: Logged = Logged()):
         super().__init__()
-        self.probe, self.run, self.out_dir = probe, run, out_dir
+        self.probe, self.run, self.out_dir, self.logged = probe, run, out_dir, logged
         self.history: list[dict[str, np.ndarray]] = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -114,7 +135,8 @@ class GradientFlowLogger(keras.callbacks.Callback):
         plot = plot_flow(self.history, self.out_dir / "grad_flow.png")
         self.run.log_artifact(path, "grad_flow")
         self.run.log_artifact(plot, "grad_flow")
-        self.run.log_metrics(summarize_flow(curves), step=epoch + 1)
+        if epoch + 1 > self.logged.epochs:
+            self.run.log_metrics(summarize_flow(curves), step=epoch + 1)
 
 
 Reporter = Callable[[keras.Model, int, Path], list[Path]]

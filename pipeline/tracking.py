@@ -91,6 +91,10 @@ class StageRun:
         if tags:
             self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
+    def last_step(self, key: str) -> int:
+        """The highest step logged for `key` so far (0 if none): where a resumed run stands."""
+        return max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=0)
+
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
         """Buffer metrics; they are sent in batches by `flush` (and when the buffer fills)."""
         now = int(time.time() * 1000)

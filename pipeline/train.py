@@ -25,6 +25,7 @@ import tensorflow as tf
 from pipeline.callbacks import (
     EpochReports,
     GradientFlowLogger,
+    Logged,
     MlflowMetrics,
     NanGuard,
     Progress,
@@ -170,8 +171,9 @@ def callbacks_for(
     probe = GradientFlowProbe(
         setup.model, setup.probe_inputs, setup.probe_targets, setup.probe_loss
     )
-    metrics, guard = MlflowMetrics(run, cfg.log_every_n_steps), NanGuard()
-    flow = GradientFlowLogger(probe, run, work / "grad_flow")
+    logged = Logged.of(run)  # nothing for a new run; a resumed one continues after it
+    metrics, guard = MlflowMetrics(run, cfg.log_every_n_steps, logged), NanGuard()
+    flow = GradientFlowLogger(probe, run, work / "grad_flow", logged)
     stack: list[keras.callbacks.Callback] = [guard, metrics, flow]
     if setup.reporters:
         stack.append(EpochReports(setup.reporters, run, work / "reports", setup.model))

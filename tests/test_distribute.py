@@ -122,6 +122,8 @@ def test_two_workers_match_one_worker_on_the_same_global_batch(
     norm_one = first_step_norm(client, by_workers["1"].info.run_id)
     norm_two = first_step_norm(client, by_workers["2"].info.run_id)
     assert norm_two == pytest.approx(norm_one, rel=1e-5)
+    gap = max(float(np.max(np.abs(a - b))) for a, b in zip(one, two, strict=True))
+    print(f"max |w_1 - w_2| = {gap:.2e}; first-step grad norm {norm_one:.6f} vs {norm_two:.6f}")
 
 
 def weights_before(tok: Path, params: Path) -> list[np.ndarray]:
@@ -192,3 +194,31 @@ def local_devices() -> list:
     import tensorflow as tf
 
     return tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")[:1]
+
+
+@pytest.mark.slow
+def test_killed_multi_worker_training_resumes_on_every_worker(
+    tiny_data, write_params, mlflow_uri, tmp_path
+):
+    _, tok = tiny_data("classification")
+    params = write_params(TINY_TRAIN | MULTI | {"train.classification.epochs": 5})
+    args = [*train_args(tok, params, tmp_path), "--workers", "2", "--worker-timeout", "20"]
+    launcher = cli(args)
+    for line in launcher.stdout:
+        if "epoch 2/5" in line:
+            break
+    for worker in psutil.Process(launcher.pid).children():
+        worker.kill()
+    assert launcher.wait(timeout=60) == 1
+
+    again = cli(args)
+    output = again.communicate(timeout=300)[0]
+    assert again.returncode == 0, output
+    assert "resuming from checkpoint" in output
+    second_log = (tmp_path / "ckpt" / "classification-workers" / "worker-1.log").read_text()
+    assert "resuming from checkpoint" in second_log  # from its copy of the chief's checkpoint
+    client = MlflowClient(mlflow_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("classification").experiment_id])
+    assert run.info.status == "FINISHED"
+    epochs = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    assert sorted(epochs) == [1, 2, 3, 4, 5]  # epochs 1-2 before the kill, 3-5 after, once each
