@@ -31,8 +31,8 @@ TASK ?= classification
 SET ?=
 compare-cells: setup  ## Compare cells on TASK (default classification) and open the report.
 	for cell in simple_rnn lstm gru; do \
-		dvc exp run --temp -S train.$(TASK).cell=$$cell $(SET) || exit 1; done
-	$(if $(filter language_model,$(TASK)),,dvc exp run --temp \
+		dvc exp run --temp evaluate_$(TASK) -S train.$(TASK).cell=$$cell $(SET) || exit 1; done
+	$(if $(filter language_model,$(TASK)),,dvc exp run --temp evaluate_$(TASK) \
 		-S train.$(TASK).cell=gru -S train.$(TASK).bidirectional=true $(SET))
 	python -m pipeline compare $(TASK) --last $(if $(filter language_model,$(TASK)),3,4) --open
 
