@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,32 @@ class Logged:
         return cls(steps=run.last_step(GLOBAL_NORM), epochs=run.last_step("loss"))
 
 
-class MlflowMetrics(keras.callbacks.Callback):
+class StepCallback(keras.callbacks.Callback):
+    """A callback whose batch hook may run on Keras's callback threads (`async_safe`).
+
+    With only async-safe batch hooks, Keras does not wait for each step's results before
+    starting the next step. A hook then runs later, possibly beside another: it takes its
+    step from the epoch's first step plus the batch index (not from the optimizer, which has
+    moved on) and holds `lock` while it updates shared state. Keras waits for all of them
+    before `on_epoch_end`.
+    """
+
+    async_safe = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.epoch_start = 0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.epoch_start = current_step(self.model)
+
+    def step_of(self, batch: int) -> int:
+        """Optimizer step (1-based) that produced the results of `batch` in this epoch."""
+        return self.epoch_start + batch + 1
+
+
+class MlflowMetrics(StepCallback):
     """Buffer gradient norms every `every` steps and epoch metrics; flush once per epoch."""
 
     def __init__(self, run: StageRun, every: int, logged: Logged = Logged()):
@@ -54,24 +80,26 @@ class MlflowMetrics(keras.callbacks.Callback):
         self.epoch_rows: list[dict[str, float]] = []
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        step = current_step(self.model)
+        step = self.step_of(batch)
         if step % self.every and step != 1:
             return
         norms = {k: float(v) for k, v in (logs or {}).items() if k.startswith(GRAD_PREFIX)}
         norms["train/loss"] = float(logs["loss"]) if logs and "loss" in logs else math.nan
-        if step > self.logged.steps:
-            self.run.log_metrics(norms, step=step)
-        self.step_rows.append({"step": step, **norms})
+        with self.lock:
+            if step > self.logged.steps:
+                self.run.log_metrics(norms, step=step)
+            self.step_rows.append({"step": step, **norms})
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         values = {k: float(v) for k, v in (logs or {}).items() if not k.startswith(GRAD_PREFIX)}
         if epoch + 1 > self.logged.epochs:
             self.run.log_metrics(values, step=epoch + 1)
         self.epoch_rows.append({"epoch": epoch + 1, **values})
+        self.step_rows.sort(key=lambda row: row["step"])  # hooks may finish out of order
         self.run.flush()
 
 
-class Progress(keras.callbacks.Callback):
+class Progress(StepCallback):
     """One log line every few steps and per epoch: loss, gradient norm, throughput."""
 
     def __init__(self, every: int, batch_size: int, epochs: int):
@@ -81,10 +109,12 @@ class Progress(keras.callbacks.Callback):
         self.samples = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_epoch_begin(epoch, logs)
         self.epoch_started = time.perf_counter()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self.samples += self.batch_size  # upper bound: a last, partial batch counts in full
+        with self.lock:
+            self.samples += self.batch_size  # upper bound: a partial last batch counts in full
         if (batch + 1) % (self.every * 5) == 0 and logs:
             rate = self.samples / max(time.perf_counter() - self.started, 1e-9)
             log.info(
@@ -102,7 +132,7 @@ class Progress(keras.callbacks.Callback):
         log.info("epoch %d/%d  %s  (%.1f s)", epoch + 1, self.epochs, text, seconds)
 
 
-class NanGuard(keras.callbacks.Callback):
+class NanGuard(StepCallback):
     """Stop at the first non-finite loss; the trainer then fails the run."""
 
     def __init__(self) -> None:
@@ -112,12 +142,18 @@ class NanGuard(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
-            self.diverged_at = current_step(self.model)
+            with self.lock:
+                step = self.step_of(batch)
+                self.diverged_at = min(step, self.diverged_at or step)
             self.model.stop_training = True
 
 
 class GradientFlowLogger(keras.callbacks.Callback):
-    """Measure ‖∂L/∂h_t‖ on the probe batch after every epoch and log curve, plot, horizon."""
+    """Measure ‖∂L/∂h_t‖ on the probe batch after every epoch; log curve and horizon.
+
+    The PNG of all epochs' curves is drawn once, when training ends (also after early
+    stopping or divergence): redrawing it every epoch cost more than the probe itself.
+    """
 
     def __init__(self, probe, run: StageRun, out_dir: Path, logged: Logged = Logged()):
         super().__init__()
@@ -125,18 +161,24 @@ class GradientFlowLogger(keras.callbacks.Callback):
         self.history: list[dict[str, np.ndarray]] = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        from pipeline.gradient_flow import plot_flow, summarize_flow
+        from pipeline.gradient_flow import summarize_flow
 
         curves = self.probe.measure()
         self.history.append(curves)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"epoch_{epoch + 1:03d}.json"
         path.write_text(json.dumps({k: _finite(v) for k, v in curves.items()}))
-        plot = plot_flow(self.history, self.out_dir / "grad_flow.png")
         self.run.log_artifact(path, "grad_flow")
-        self.run.log_artifact(plot, "grad_flow")
         if epoch + 1 > self.logged.epochs:
             self.run.log_metrics(summarize_flow(curves), step=epoch + 1)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        from pipeline.gradient_flow import plot_flow
+
+        if self.history:
+            self.run.log_artifact(
+                plot_flow(self.history, self.out_dir / "grad_flow.png"), "grad_flow"
+            )
 
 
 Reporter = Callable[[keras.Model, int, Path], list[Path]]

@@ -144,9 +144,11 @@ class Checkpoint:
         """Record the run and return Keras's per-epoch backup-and-restore callback."""
         self.directory.mkdir(parents=True, exist_ok=True)
         write_json(self.meta, {"key": self.key, "run_id": run_id})
-        return keras.callbacks.BackupAndRestore(
+        backup = keras.callbacks.BackupAndRestore(
             str(self.directory / "keras"), double_checkpoint=True, delete_checkpoint=False
         )
+        backup.async_safe = True  # it saves per epoch; its batch hook does nothing
+        return backup
 
     def clear(self) -> None:
         """Remove the checkpoint after success (or divergence: resuming would diverge again)."""
