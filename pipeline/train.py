@@ -32,6 +32,7 @@ from pipeline.callbacks import (
     Reporter,
 )
 from pipeline.corpus import write_json
+from pipeline.distribute import Worker
 from pipeline.gradients import InstrumentedModel
 from pipeline.params import TrainParams
 from pipeline.tracking import StageRun, stage_run
@@ -284,7 +285,7 @@ def run_train(
 
 
 def train_task(
-    task: str, cfg: TrainParams, paths: TrainPaths, worker, manifest: dict | None
+    task: str, cfg: TrainParams, paths: TrainPaths, worker: Worker, manifest: dict | None
 ) -> TrainResult:
     """Train one task under the worker's strategy; only the chief's run and files are kept.
 
