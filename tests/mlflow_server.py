@@ -94,6 +94,30 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def start_group(
+    command: list[str], cwd: Path, env: dict[str, str], log: Path, ready_url: str, timeout_s: float
+) -> subprocess.Popen:
+    """Start `command` in its own process group, appending to `log`; wait for `ready_url`.
+
+    If it never becomes ready the whole group is stopped before the error propagates.
+    """
+    with log.open("a") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, signalled as a whole
+        )
+    try:
+        wait_http(ready_url, process, log, timeout_s)
+    except BaseException:
+        stop_group(process)
+        raise
+    return process
+
+
 class MlflowServer:
     """A lean `mlflow server` on one port and one store; `restart` keeps both."""
 
@@ -127,21 +151,10 @@ class MlflowServer:
         self.root.mkdir(parents=True, exist_ok=True)
         with self.log.open("a") as log:
             log.write(f"\n--- start {self.starts + 1}\n")
-            log.flush()
-            self.process = subprocess.Popen(
-                self.command(),
-                cwd=self.root,
-                env=lean_env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # its own process group, signalled as a whole
-            )
         self.starts += 1
-        try:
-            wait_http(f"{self.uri}/health", self.process, self.log, timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+        self.process = start_group(
+            self.command(), self.root, lean_env(), self.log, f"{self.uri}/health", timeout_s
+        )
 
     def stop(self) -> None:
         """Stop every process of the server (SIGTERM, then SIGKILL)."""
@@ -192,20 +205,10 @@ class ModelServer:
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Start serving and wait for `/ping` (the model is loaded by then)."""
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=self.root,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        try:
-            wait_http(f"{self.url}/ping", self.process, self.log, timeout_s)
-        except BaseException:
-            self.stop()
-            raise
+        self.log.write_text("")
+        self.process = start_group(
+            self.command, self.root, self.env, self.log, f"{self.url}/ping", timeout_s
+        )
 
     def stop(self) -> None:
         """Stop the scoring server and its workers."""
