@@ -152,13 +152,12 @@ def train(
         timeouts = (launch_timeout, worker_timeout + 10)
         _launch_workers(task, cfg.distribute, workers, argv, checkpoints, timeouts)
         return
-    from pipeline.distribute import WorkerFailed, make_worker
+    from pipeline.distribute import WorkerFailed, make_worker, scratch_for
 
     try:
         worker = make_worker(cfg.distribute, worker_timeout)
     except WorkerFailed as exc:
         raise fail(str(exc), EXIT_BAD_PARAMS) from None
-    from pipeline.distribute import scratch_for
     from pipeline.train import TrainingDiverged, TrainPaths, train_task
 
     paths = TrainPaths(data, out, plots, metrics, checkpoints / task.value)

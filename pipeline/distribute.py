@@ -75,7 +75,7 @@ def make_worker(kind: str, collective_timeout_s: float) -> Worker:
         resolver = strategy.cluster_resolver
         task_type, task_id = resolver.task_type, int(resolver.task_id or 0)
         spec = resolver.cluster_spec().as_dict()
-        count = sum(len(spec.get(kind, [])) for kind in ("chief", "worker"))
+        count = sum(len(spec.get(role, [])) for role in ("chief", "worker"))
         chief = task_type == "chief" or (
             task_type == "worker" and task_id == 0 and "chief" not in spec
         )

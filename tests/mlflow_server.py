@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,16 +18,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.distribute import free_ports
+
 MLFLOW = [sys.executable, "-m", "mlflow"]
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def lean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -123,7 +117,7 @@ class MlflowServer:
 
     def __init__(self, root: Path, port: int | None = None):
         self.root = root
-        self.port = port or free_port()
+        self.port = port or free_ports(1)[0]
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = root / "server.log"
         self.process: subprocess.Popen | None = None
@@ -183,7 +177,7 @@ class ModelServer:
     """`mlflow models serve --env-manager local` for one model URI on a free port."""
 
     def __init__(self, model_uri: str, root: Path, tracking_uri: str):
-        self.port = free_port()
+        self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = root / "model-server.log"
         self.command = [

@@ -11,13 +11,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from pipeline.distribute import free_ports
 from pipeline.tracking import reap_orphans, stage_run
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -35,7 +30,7 @@ def cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[s
 def test_unreachable_tracking_server_fails_fast_naming_the_uri(
     tmp_path: Path, write_params
 ) -> None:
-    uri = f"http://127.0.0.1:{free_port()}"
+    uri = f"http://127.0.0.1:{free_ports(1)[0]}"
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "manifest.json").write_text("{}")
     started = time.monotonic()
