@@ -13,7 +13,6 @@ are interleaved, so machine noise hits both alike, and the best epoch of each is
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import statistics
@@ -26,17 +25,18 @@ import keras
 import tensorflow as tf
 import typer
 
-from pipeline.callbacks import GradientFlowLogger, MlflowMetrics
-from pipeline.gradient_flow import GradientFlowProbe
+from pipeline.core.callbacks import GradientFlowLogger, MlflowMetrics
+from pipeline.core.gradient_flow import GradientFlowProbe
+from pipeline.core.tracking import StageRun, stage_run
+from pipeline.core.trainer import TrainingSetup, compile_model, make_optimizer, set_seed
 from pipeline.params import Task, TrainParams, load_params
-from pipeline.tracking import StageRun, stage_run
-from pipeline.train import TrainingSetup, compile_model, make_optimizer, set_seed
+from pipeline.tasks import training_task
 
 
 def fresh_setup(task: Task, cfg: TrainParams, data: Path) -> TrainingSetup:
     """The task's model and data exactly as `train` builds them."""
     set_seed(cfg.seed)
-    return importlib.import_module(f"pipeline.tasks.{task.value}").setup(cfg, data)
+    return training_task(task.value).setup(cfg, data)
 
 
 def plain(setup: TrainingSetup, cfg: TrainParams) -> tuple[keras.Model, list]:

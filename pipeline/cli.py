@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from pipeline.core.corpus import MANIFEST, MODEL_FILE
 from pipeline.params import Params, ParamsError, Task, load_params
 
 app = typer.Typer(
@@ -74,8 +75,8 @@ def download(
 ) -> None:
     """Fetch, verify (sha256), clean, de-duplicate and split the task's data."""
     cfg = read_params(params).download.section(task)
+    from pipeline.core.tracking import manifest_tags, stage_run
     from pipeline.download import DownloadError, default_cache_dir, run_download
-    from pipeline.tracking import manifest_tags, stage_run
 
     try:
         with stage_run(task, "download", cfg.model_dump(mode="json")) as run:
@@ -98,9 +99,9 @@ def tokenize(
 ) -> None:
     """Train SentencePiece on the train split and encode every split to integer ids."""
     cfg = read_params(params).tokenize.section(task)
-    from pipeline.corpus import write_json
+    from pipeline.core.corpus import write_json
+    from pipeline.core.tracking import stage_run
     from pipeline.tokenize import run_tokenize
-    from pipeline.tracking import stage_run
 
     manifest = _read_manifest(data)
     with stage_run(task, "tokenize", cfg.model_dump(mode="json"), manifest=manifest) as run:
@@ -152,13 +153,14 @@ def train(
         timeouts = (launch_timeout, worker_timeout + 10)
         _launch_workers(task, cfg.distribute, workers, argv, checkpoints, timeouts)
         return
-    from pipeline.distribute import WorkerFailed, make_worker, scratch_for
+    from pipeline.core.distribute import WorkerFailed, make_worker, scratch_for
 
     try:
         worker = make_worker(cfg.distribute, worker_timeout)
     except WorkerFailed as exc:
         raise fail(str(exc), EXIT_BAD_PARAMS) from None
-    from pipeline.train import TrainingDiverged, TrainPaths, train_task
+    from pipeline.core.trainer import TrainingDiverged, TrainPaths
+    from pipeline.train import train_task
 
     paths = TrainPaths(data, out, plots, metrics, checkpoints / task.value)
     try:
@@ -186,7 +188,7 @@ def _launch_workers(
             f"--workers needs train.{task.value}.distribute: multi_worker, got {distribute!r}",
             EXIT_BAD_PARAMS,
         )
-    from pipeline.distribute import WorkerFailed, launch_local
+    from pipeline.core.distribute import WorkerFailed, launch_local
 
     try:
         launch_local(workers, argv, checkpoints / f"{task.value}-workers", *timeouts)
@@ -204,22 +206,15 @@ def evaluate(
     metrics: Annotated[Path, typer.Option(help="Where to write the test metrics JSON.")],
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Score the trained model on the test split beside a simple baseline; log to its run."""
-    cfg = read_params(params).train.section(task)
-    from pipeline.corpus import write_json
-    from pipeline.evaluate import run_evaluate, training_run_id
-    from pipeline.tracking import attached_run
+    """Score the trained model on the test split beside a simple baseline (a child MLflow run)."""
+    config = read_params(params)
+    cfg, eval_cfg = config.train.section(task), config.evaluate.section(task)
+    from pipeline.evaluate import evaluate_and_log
 
     try:
-        run_id = training_run_id(model)
+        results = evaluate_and_log(task, cfg, eval_cfg, (model, data, raw, reports), metrics)
     except FileNotFoundError as exc:
         raise fail(str(exc)) from None
-    with attached_run(run_id, "evaluate") as run:
-        results = run_evaluate(task, cfg, model, data, raw, reports)
-        write_json(metrics, results)
-        run.log_metrics(results)
-        run.log_artifact(metrics)
-        run.log_artifact(reports, "evaluation")
     typer.echo("  ".join(f"{k}={v:.4f}" for k, v in results.items()))
 
 
@@ -240,7 +235,7 @@ def predict(
         raise fail("predict supports classification; use `generate` or `translate`", 2)
     cfg = read_params(params).train.classification
     directory = _model_dir(model, model_uri)
-    from pipeline.tasks.classification import load_predictor, predict_texts
+    from pipeline.tasks.classification.predict import load_predictor, predict_texts
 
     network, sp = load_predictor(directory)
     for label, probability in predict_texts(network, sp, text, cfg.max_len):
@@ -252,15 +247,15 @@ def _model_dir(model: Path, model_uri: str | None) -> Path:
     if model_uri:
         import mlflow
 
-        from pipeline.tracking import make_client
+        from pipeline.core.tracking import make_client
 
         uri = make_client().tracking_uri
         try:
             return Path(mlflow.artifacts.download_artifacts(model_uri, tracking_uri=uri))
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types; report them all
             raise fail(f"cannot fetch {model_uri}: {exc}") from None
-    if not (model / "model.keras").is_file():
-        raise fail(f"{model / 'model.keras'} not found: run `dvc repro` or pass --model-uri")
+    if not (model / MODEL_FILE).is_file():
+        raise fail(f"{model / MODEL_FILE} not found: run `dvc repro` or pass --model-uri")
     return model
 
 
@@ -287,7 +282,7 @@ def compare(
 ) -> None:
     """Compare a task's training runs: differing params, metrics and gradient curves (HTML)."""
     from pipeline.compare import CompareError, RunFilters, run_compare
-    from pipeline.tracking import make_client
+    from pipeline.core.tracking import make_client
 
     filters = RunFilters(run_ids=tuple(run_id or ()), tag=tag, dvc_exp=dvc_exp, last=last)
     out_dir = out or Path("reports/compare") / task.value
@@ -327,10 +322,9 @@ def generate(
     if temperature <= 0:
         raise fail(f"--temperature must be > 0, got {temperature}", 2)
     cfg = read_params(params).train.language_model
-    if not (model / "model.keras").is_file():
-        raise fail(f"{model / 'model.keras'} not found: run `dvc repro` first")
-    from pipeline.generate import generate as sample_text
-    from pipeline.generate import load_generator
+    _require_model(model)
+    from pipeline.tasks.language_model.generate import generate as sample_text
+    from pipeline.tasks.language_model.generate import load_generator
 
     lm, sp = load_generator(model)
     typer.echo(
@@ -352,14 +346,19 @@ def translate(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Translate one German sentence into English with the trained model."""
-    cfg = read_params(params).train.translation
-    if not (model / "model.keras").is_file():
-        raise fail(f"{model / 'model.keras'} not found: run `dvc repro` first")
-    from pipeline.translate import translate as run_translate
+    cfg = read_params(params).evaluate.translation
+    _require_model(model)
+    from pipeline.tasks.translation.translate import translate as run_translate
 
     beam = beam_size or cfg.beam_size
     [text] = run_translate(model, [sentence], beam, cfg.decode_max_len, cfg.length_penalty)
     typer.echo(text)
+
+
+def _require_model(model: Path) -> None:
+    """Stop with a hint when the model directory holds no trained model."""
+    if not (model / MODEL_FILE).is_file():
+        raise fail(f"{model / MODEL_FILE} not found: run `dvc repro` first")
 
 
 def _read_json(path: Path, hint: str) -> dict:
@@ -376,7 +375,7 @@ def _read_json(path: Path, hint: str) -> dict:
 
 def _read_manifest(data: Path) -> dict:
     """Read the download manifest copied along the data."""
-    return _read_json(data / "manifest.json", "run `python -m pipeline download` first")
+    return _read_json(data / MANIFEST, "run `python -m pipeline download` first")
 
 
 def _vocab_summary(stats: dict[str, float]) -> str:

@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking import stage_run
+from pipeline.core.tracking import stage_run
 
 log = logging.getLogger(__name__)
 

@@ -43,10 +43,7 @@ import html
 import io
 import json
 import logging
-import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
@@ -56,7 +53,14 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from pipeline.corpus import SPLITS, write_json
+from pipeline.core.corpus import MANIFEST, SPLITS, OutputError, staged_directory, write_json
+from pipeline.core.sources import (
+    DownloadError,
+    FetchOptions,
+    default_cache_dir,
+    fetch,
+    read_members,
+)
 from pipeline.params import (
     ClassificationDownload,
     LanguageModelDownload,
@@ -64,7 +68,6 @@ from pipeline.params import (
     Task,
     TranslationDownload,
 )
-from pipeline.sources import DownloadError, FetchOptions, default_cache_dir, fetch, read_members
 
 __all__ = [
     "DownloadError",
@@ -498,39 +501,14 @@ def encode_jsonl(records: Iterable[Record]) -> bytes:
 
 
 def write_output(out_dir: Path, splits: Splits, manifest: dict[str, Any]) -> None:
-    """Write everything into a sibling temporary directory, then rename it over `out_dir`."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    """Write everything into a staging directory swapped in as `out_dir` only when complete."""
     try:
-        staging.chmod(0o755)  # mkdtemp's 0700 would otherwise become out_dir's mode
-        for split in SPLITS:
-            (staging / f"{split}.jsonl").write_bytes(encode_jsonl(splits[split]))
-        write_json(staging / "manifest.json", manifest)
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def replace_dir(new: Path, target: Path) -> None:
-    """Swap `new` into `target` by renames, restoring the old directory if the swap fails."""
-    if target.is_symlink() or (target.exists() and not target.is_dir()):
-        raise DownloadError(f"{target} exists and is not a directory; remove it first")
-    if not target.exists():
-        os.rename(new, target)
-        return
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
-    try:
-        os.replace(target, old)  # renaming onto the empty placeholder is atomic on POSIX
-    except BaseException:
-        old.rmdir()
-        raise
-    try:
-        os.rename(new, target)
-    except BaseException:
-        os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+        with staged_directory(out_dir) as staging:
+            for split in SPLITS:
+                (staging / f"{split}.jsonl").write_bytes(encode_jsonl(splits[split]))
+            write_json(staging / MANIFEST, manifest)
+    except OutputError as exc:
+        raise DownloadError(str(exc)) from None
 
 
 _BUILDERS: dict[Task, Callable[[Any, dict[str, bytes]], Built]] = {

@@ -1,18 +1,24 @@
 """Evaluate stage: score the trained model on the test split beside a simple baseline.
 
-The task adapters (`pipeline.tasks.<task>.evaluate`) compute the numbers and write reports;
-this module resolves the training run the results belong to.
+Each evaluation is its own MLflow run, a child of the training run (`mlflow.parentRunId`), with
+the `evaluate.<task>` params it used: evaluating one model with several beam sizes or sampling
+temperatures gives one row each. The latest results are also copied onto the training run, so
+its row in the MLflow UI shows its test metrics.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.params import Task, TrainParams
-from pipeline.train import RUN_FILE
+from pipeline.core.corpus import RUN_FILE, write_json
+from pipeline.core.tracking import attached_run, stage_run
+from pipeline.params import Task
+from pipeline.tasks import evaluation_task
+
+PARENT_TAG = "mlflow.parentRunId"  # MLflow UI nests a run under its parent
+TRAIN_RUN_TAG = "pipeline.train_run_id"
 
 
 def training_run_id(model_dir: Path) -> str:
@@ -24,8 +30,38 @@ def training_run_id(model_dir: Path) -> str:
 
 
 def run_evaluate(
-    task: Task, cfg: TrainParams, model_dir: Path, data_dir: Path, raw_dir: Path, report_dir: Path
-) -> dict[str, Any]:
+    task: Task,
+    cfg: Any,
+    eval_cfg: Any,
+    model_dir: Path,
+    data_dir: Path,
+    raw_dir: Path,
+    report_dir: Path,
+) -> dict[str, float]:
     """Compute the task's test metrics (and baseline) and write its reports."""
-    adapter = importlib.import_module(f"pipeline.tasks.{task.value}")
-    return adapter.evaluate(cfg, model_dir, data_dir, raw_dir, report_dir)
+    adapter = evaluation_task(task.value)
+    return adapter.evaluate(cfg, eval_cfg, model_dir, data_dir, raw_dir, report_dir)
+
+
+def evaluate_and_log(
+    task: Task,
+    cfg: Any,
+    eval_cfg: Any,
+    paths: tuple[Path, Path, Path, Path],
+    metrics_path: Path,
+) -> dict[str, float]:
+    """Evaluate under a child run of the model's training run; write the metrics JSON."""
+    model_dir, data_dir, raw_dir, report_dir = paths
+    train_run = training_run_id(model_dir)
+    params = {"evaluate": eval_cfg.model_dump(mode="json")}
+    with stage_run(task.value, "evaluate", params) as run:
+        run.set_tags({PARENT_TAG: train_run, TRAIN_RUN_TAG: train_run})
+        results = run_evaluate(task, cfg, eval_cfg, model_dir, data_dir, raw_dir, report_dir)
+        write_json(metrics_path, results)
+        run.log_metrics(results)
+        run.log_artifact(metrics_path)
+        run.log_artifact(report_dir, "evaluation")
+    with attached_run(train_run, "evaluate") as parent:
+        parent.log_metrics(results)
+        parent.set_tags({"pipeline.evaluate.run_id": run.run_id})
+    return results

@@ -229,10 +229,9 @@ class LanguageModelTrain(TrainParams):
 
     stride: int | None = Field(None, ge=1, description="Window stride (tokens); none = max_len.")
     tie_embeddings: bool = Field(False, description="Share input and output embeddings.")
-    baseline_order: int = Field(3, ge=1, le=6, description="n of the Kneser-Ney n-gram baseline.")
-    sample_prompt: str = Field("ROMEO:", description="Prompt for the samples logged each epoch.")
-    sample_tokens: int = Field(100, ge=1, le=2000, description="Tokens per logged sample.")
-    sample_temperature: float = Field(0.8, gt=0, le=10, description="Softmax temperature.")
+    report_prompt: str = Field("ROMEO:", description="Prompt of the sample written each epoch.")
+    report_tokens: int = Field(60, ge=1, le=2000, description="Tokens in each epoch's sample.")
+    report_temperature: float = Field(0.8, gt=0, le=10, description="Its softmax temperature.")
 
     @model_validator(mode="after")
     def _causal(self) -> LanguageModelTrain:
@@ -245,11 +244,12 @@ class TranslationTrain(TrainParams):
     """Encoder-decoder with optional attention."""
 
     attention: Literal["none", "luong", "bahdanau"] = Field("luong", description="Attention.")
-    beam_size: int = Field(4, ge=1, le=64, description="Beam width for beam-search decoding.")
-    length_penalty: float = Field(0.6, ge=0, le=5, description="GNMT length-penalty alpha.")
-    decode_max_len: int = Field(40, ge=1, description="Maximum generated target tokens.")
-    examples: int = Field(50, ge=0, description="Fixed test sentences in the examples table.")
-    attention_maps: int = Field(3, ge=0, description="Sentences drawn as attention heatmaps.")
+    report_examples: int = Field(
+        10, ge=0, description="Validation sentences greedy-decoded into each epoch's report."
+    )
+    report_attention_maps: int = Field(
+        1, ge=0, description="Of those, sentences drawn as attention heatmaps each epoch."
+    )
 
 
 class TrainSection(PerTask):
@@ -258,6 +258,50 @@ class TrainSection(PerTask):
     classification: ClassificationTrain
     language_model: LanguageModelTrain
     translation: TranslationTrain
+
+
+# --------------------------------------------------------------------------- evaluate
+# Knobs that change only decoding, sampling or the baseline: changing them reruns `evaluate`,
+# never training.
+
+
+class ClassificationEvaluate(Section):
+    """TF-IDF + logistic-regression baseline settings."""
+
+    baseline_max_ngram: int = Field(2, ge=1, le=4, description="Longest word n-gram in TF-IDF.")
+    baseline_max_features: int = Field(
+        200_000, ge=100, description="TF-IDF vocabulary cap (most frequent n-grams)."
+    )
+    baseline_c: float = Field(4.0, gt=0, le=1e6, description="Inverse L2 strength of the LR.")
+
+
+class LanguageModelEvaluate(Section):
+    """n-gram baseline and the samples written beside the test metrics."""
+
+    baseline_order: int = Field(3, ge=1, le=6, description="n of the Kneser-Ney n-gram baseline.")
+    sample_prompt: str = Field("ROMEO:", description="Prompt of the evaluation samples.")
+    sample_tokens: int = Field(100, ge=1, le=2000, description="Tokens per sample.")
+    sample_temperature: float = Field(
+        0.8, gt=0, le=10, description="Softmax temperature (samples at 0.5 and 1.0 too)."
+    )
+
+
+class TranslationEvaluate(Section):
+    """Decoding of the test split and the reports written from it."""
+
+    beam_size: int = Field(4, ge=1, le=64, description="Beam width for beam-search decoding.")
+    length_penalty: float = Field(0.6, ge=0, le=5, description="GNMT length-penalty alpha.")
+    decode_max_len: int = Field(40, ge=1, description="Maximum generated target tokens.")
+    examples: int = Field(50, ge=0, description="Test sentences in the examples table.")
+    attention_maps: int = Field(3, ge=0, description="Test sentences drawn as attention heatmaps.")
+
+
+class EvaluateSection(PerTask):
+    """The `evaluate` section, one entry per task."""
+
+    classification: ClassificationEvaluate
+    language_model: LanguageModelEvaluate
+    translation: TranslationEvaluate
 
 
 # --------------------------------------------------------------------------- whole file
@@ -269,6 +313,7 @@ class Params(Section):
     download: DownloadParams
     tokenize: TokenizeParams
     train: TrainSection
+    evaluate: EvaluateSection
 
 
 # --------------------------------------------------------------------------- loading

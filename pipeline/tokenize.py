@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 import logging
 import shutil
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,23 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
-from pipeline.corpus import SPLITS, lengths, pack, read_jsonl, save_npz
+from pipeline.core.corpus import (
+    MANIFEST,
+    SOURCE_TOKENIZER,
+    SPLITS,
+    TARGET_TOKENIZER,
+    TOKENIZER,
+    lengths,
+    pack,
+    read_jsonl,
+    save_npz,
+    staged_directory,
+)
+from pipeline.core.tokens import BOS_ID, EOS_ID, NEWLINE, PAD_ID, UNK_ID, encode_lines
 from pipeline.params import SentencePieceParams, Task, TranslationTokenize
 
 log = logging.getLogger(__name__)
 
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-NEWLINE = "<nl>"
 MAX_SENTENCE_BYTES = 1 << 16
 
 
@@ -69,30 +78,6 @@ def train_sentencepiece(
     return spm.SentencePieceProcessor(model_proto=model.getvalue())
 
 
-def encode_lines(sp: spm.SentencePieceProcessor, text: str) -> list[int]:
-    """Encode text line by line, appending `<nl>` so generation can reproduce line breaks."""
-    newline = sp.piece_to_id(NEWLINE)
-    ids: list[int] = []
-    for line in text.split("\n"):
-        ids.extend(sp.encode(line))
-        ids.append(newline)
-    return ids
-
-
-def decode_lines(sp: spm.SentencePieceProcessor, ids: Sequence[int]) -> str:
-    """Invert `encode_lines`: decode the pieces between `<nl>` ids and join with newlines."""
-    newline = sp.piece_to_id(NEWLINE)
-    lines: list[list[int]] = [[]]
-    for token in ids:
-        if token == newline:
-            lines.append([])
-        else:
-            lines[-1].append(int(token))
-    if not lines[-1]:
-        lines.pop()
-    return "\n".join(sp.decode(line) for line in lines)
-
-
 def sequence_stats(prefix: str, seqs: Sequence[Sequence[int]]) -> dict[str, float]:
     """Unknown-token rate and length percentiles of one encoded split."""
     _, offsets = pack(seqs)
@@ -121,7 +106,7 @@ def _tokenize_classification(
 ) -> dict[str, float]:
     """Reviews -> token ids + labels."""
     sp = train_sentencepiece((r["text"] for r in splits["train"]), cfg)
-    (out / "spm.model").write_bytes(sp.serialized_model_proto())
+    (out / TOKENIZER).write_bytes(sp.serialized_model_proto())
     stats = {"vocab_size": float(sp.get_piece_size())}
     for split, rows in splits.items():
         seqs = sp.encode([r["text"] for r in rows])
@@ -137,7 +122,7 @@ def _tokenize_language_model(
     """Plays -> one token stream each (with `<nl>`), plus character counts for bpc."""
     lines = (line for doc in splits["train"] for line in doc["text"].split("\n") if line.strip())
     sp = train_sentencepiece(lines, cfg, control_symbols=[NEWLINE])
-    (out / "spm.model").write_bytes(sp.serialized_model_proto())
+    (out / TOKENIZER).write_bytes(sp.serialized_model_proto())
     stats = {"vocab_size": float(sp.get_piece_size())}
     for split, docs in splits.items():
         seqs = [encode_lines(sp, doc["text"]) for doc in docs]
@@ -158,8 +143,8 @@ def _tokenize_translation(
     else:
         src_sp = train_sentencepiece((r["src"] for r in train), cfg)
         tgt_sp = train_sentencepiece((r["tgt"] for r in train), cfg)
-    (out / "src.model").write_bytes(src_sp.serialized_model_proto())
-    (out / "tgt.model").write_bytes(tgt_sp.serialized_model_proto())
+    (out / SOURCE_TOKENIZER).write_bytes(src_sp.serialized_model_proto())
+    (out / TARGET_TOKENIZER).write_bytes(tgt_sp.serialized_model_proto())
     stats = {
         "src.vocab_size": float(src_sp.get_piece_size()),
         "tgt.vocab_size": float(tgt_sp.get_piece_size()),
@@ -186,18 +171,10 @@ def run_tokenize(
     splits = {split: read_jsonl(data_dir / f"{split}.jsonl") for split in SPLITS}
     if not splits["train"]:
         raise ValueError(f"{data_dir / 'train.jsonl'} is empty: nothing to train a tokenizer on")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with staged_directory(out_dir) as staging:
         stats = TOKENIZERS[task](cfg, splits, staging)  # type: ignore[arg-type]
-        if (data_dir / "manifest.json").is_file():  # later stages tag runs with the source
-            shutil.copyfile(data_dir / "manifest.json", staging / "manifest.json")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        if (data_dir / MANIFEST).is_file():  # later stages tag runs with the source
+            shutil.copyfile(data_dir / MANIFEST, staging / MANIFEST)
     log.info("tokenized %s into %s: %s", task, out_dir, _summary(stats))
     return TokenizeResult(out_dir=out_dir, stats=stats)
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from pipeline.distribute import free_ports
+from pipeline.core.distribute import free_ports
 
 MLFLOW = [sys.executable, "-m", "mlflow"]
 START_TIMEOUT_S = 90.0

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from pipeline.callbacks import Logged, MlflowMetrics
-from pipeline.gradients import InstrumentedModel
-from pipeline.tracking import stage_run
+from pipeline.core.callbacks import Logged, MlflowMetrics
+from pipeline.core.gradients import InstrumentedModel
+from pipeline.core.tracking import stage_run
 
 
 def tiny_model() -> InstrumentedModel:

@@ -30,7 +30,7 @@ from pipeline.compare import (
     select_runs,
     write_report,
 )
-from pipeline.tracking import stage_run
+from pipeline.core.tracking import stage_run
 from tests.conftest import set_key
 from tests.test_train import TINY_TRAIN, train_args
 

@@ -8,7 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.decoding import (
+from pipeline.core.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from pipeline.params import TranslationTrain
+from pipeline.tasks.translation.decoding import (
     Arrays,
     KerasStepModel,
     beam_decode,
@@ -16,9 +18,7 @@ from pipeline.decoding import (
     greedy_decode,
     length_penalty,
 )
-from pipeline.models.seq2seq import build_seq2seq
-from pipeline.params import TranslationTrain
-from pipeline.tokenize import BOS_ID, EOS_ID, PAD_ID, UNK_ID
+from pipeline.tasks.translation.model import build_seq2seq
 
 A, B, C, D = 4, 5, 6, 7
 VOCAB = 8

@@ -16,8 +16,8 @@ from mlflow.tracking import MlflowClient
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.distribute import local_cluster
-from pipeline.tasks.classification import load_split
+from pipeline.core.distribute import local_cluster
+from pipeline.tasks.classification.data import load_split
 from tests.test_train import TINY_TRAIN, train_args
 
 # One optimizer step, no dropout. Plain SGD, because Adam's first step hardly depends on the
@@ -130,9 +130,9 @@ def weights_before(tok: Path, params: Path) -> list[np.ndarray]:
     """The seeded initial weights (so the comparison above is of trained weights)."""
     import keras
 
-    from pipeline.models.classifier import build_classifier
     from pipeline.params import load_params
-    from pipeline.tasks.classification import vocab_size
+    from pipeline.tasks.classification.data import vocab_size
+    from pipeline.tasks.classification.model import build_classifier
 
     cfg = load_params(params).train.classification
     keras.utils.set_random_seed(cfg.seed)

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.corpus import SPLITS, read_jsonl
+from pipeline.core.corpus import SPLITS, read_jsonl
+from pipeline.core.sources import read_members, read_tar, read_zip
 from pipeline.download import (
     DownloadError,
     DownloadResult,
@@ -48,7 +49,6 @@ from pipeline.params import (
     UrlSource,
     load_params,
 )
-from pipeline.sources import read_members, read_tar, read_zip
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = FetchOptions(retries=3, backoff_s=0.001, timeout_s=5)

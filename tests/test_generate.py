@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from pipeline.generate import (
+from pipeline.core.tokens import NEWLINE, UNK_ID, decode_lines
+from pipeline.params import LanguageModelTrain, SentencePieceParams
+from pipeline.tasks.language_model.generate import (
     NEVER_SAMPLED,
     encode_prompt,
     generate,
@@ -17,9 +19,8 @@ from pipeline.generate import (
     sample_ids,
     sampling_distribution,
 )
-from pipeline.models.language_model import build_language_model
-from pipeline.params import LanguageModelTrain, SentencePieceParams
-from pipeline.tokenize import NEWLINE, UNK_ID, decode_lines, train_sentencepiece
+from pipeline.tasks.language_model.model import build_language_model
+from pipeline.tokenize import train_sentencepiece
 
 LINES = """ROMEO:
 But, soft! what light through yonder window breaks?

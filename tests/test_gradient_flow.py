@@ -1,4 +1,4 @@
-"""Tests for pipeline.gradient_flow: known answers, unrolled references, masking, wiring."""
+"""Tests for pipeline.core.gradient_flow: known answers, unrolled references, masking, wiring."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.gradient_flow import (
+from pipeline.core.gradient_flow import (
     GradientFlowProbe,
     gradient_horizon,
     log_decay_ratio,

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.gradient_flow import GradientFlowProbe
-from pipeline.gradients import CLIPPED, GLOBAL, InstrumentedModel, squared_norm
-from pipeline.models.classifier import build_classifier
+from pipeline.core.gradient_flow import GradientFlowProbe
+from pipeline.core.gradients import CLIPPED, GLOBAL, InstrumentedModel, squared_norm
 from pipeline.params import ClassificationTrain
 from pipeline.reference.numpy_rnn import NumpyRNN, hidden_gradient_norms
+from pipeline.tasks.classification.model import build_classifier
 
 TINY = ClassificationTrain(units=8, embedding_dim=6, cell="gru")
 

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.corpus import read_jsonl, write_json
-from pipeline.models.language_model import build_language_model
-from pipeline.params import LanguageModelTrain, Task, parse_params
-from pipeline.tasks import language_model as lm
-from pipeline.tokenize import NEWLINE, PAD_ID
+from pipeline.core.corpus import read_jsonl, write_json
+from pipeline.core.tokens import NEWLINE, PAD_ID
+from pipeline.params import LanguageModelEvaluate, LanguageModelTrain, Task, parse_params
+from pipeline.tasks.language_model import data as lmdata
+from pipeline.tasks.language_model import evaluate as lmeval
+from pipeline.tasks.language_model import train as lmtrain
+from pipeline.tasks.language_model.model import build_language_model
 
 TINY = LanguageModelTrain(
     units=16,
@@ -32,9 +34,10 @@ TINY = LanguageModelTrain(
     bucket_by_length=False,
     log_every_n_steps=5,
     probe_batch_size=4,
-    sample_tokens=12,
+    report_tokens=12,
     seed=1,
 )
+EVAL = LanguageModelEvaluate(sample_tokens=12)
 PLAY_LINES = 500
 
 
@@ -48,7 +51,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def test_windows_cover_every_target_exactly_once() -> None:
     streams = [np.arange(10, 10 + n, dtype=np.int32) for n in (2, 7, 9, 10)]
-    rows = lm.windows(streams, max_len=4, stride=4)
+    rows = lmdata.windows(streams, max_len=4, stride=4)
     assert rows.shape[1] == 5
     targets = rows[:, 1:][rows[:, 1:] != PAD_ID]
     np.testing.assert_array_equal(targets, np.concatenate([s[1:] for s in streams]))
@@ -58,7 +61,7 @@ def test_windows_cover_every_target_exactly_once() -> None:
 
 
 def test_smaller_stride_overlaps_windows() -> None:
-    rows = lm.windows([np.arange(1, 21, dtype=np.int32)], max_len=8, stride=4)
+    rows = lmdata.windows([np.arange(1, 21, dtype=np.int32)], max_len=8, stride=4)
     np.testing.assert_array_equal(rows[:, 0], [1, 5, 9, 13, 17])
     np.testing.assert_array_equal(rows[1], np.arange(5, 14))
 
@@ -67,7 +70,7 @@ def test_metrics_from_token_losses_hand_computed() -> None:
     # Two tokens with p = 1/2 and 1/8 over 8 characters: 1 + 3 = 4 bits -> 0.5 bits/char;
     # mean loss 2 ln 2 nats -> perplexity e^(2 ln 2) = 4.
     nll = np.array([math.log(2), math.log(8)])
-    metrics = lm.lm_metrics(nll, chars=8, prefix="test")
+    metrics = lmeval.lm_metrics(nll, chars=8, prefix="test")
     assert metrics["test.bpc"] == pytest.approx(0.5)
     assert metrics["test.cross_entropy"] == pytest.approx(2 * math.log(2))
     assert metrics["test.perplexity"] == pytest.approx(4.0)
@@ -81,7 +84,7 @@ def test_perplexity_metric_and_loss_ignore_padding() -> None:
     targets[0, 3:] = PAD_ID
     real = targets != PAD_ID
     nll = -np.take_along_axis(log_softmax(logits), targets[..., None], axis=-1)[..., 0]
-    metric = lm.Perplexity()
+    metric = lmtrain.Perplexity()
     metric.update_state(targets, logits)
     assert float(metric.result()) == pytest.approx(math.exp(nll[real].mean()), rel=1e-5)
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID)
@@ -92,15 +95,10 @@ def test_probe_loss_is_the_last_position_per_example() -> None:
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(4, 6, 9)).astype(np.float32)
     targets = rng.integers(1, 9, size=(4, 6)).astype(np.int32)
-    losses = np.asarray(lm.last_token_loss(targets, logits))
+    losses = np.asarray(lmtrain.last_token_loss(targets, logits))
     expected = -log_softmax(logits[:, -1])[np.arange(4), targets[:, -1]]
     assert losses.shape == (4,)
     np.testing.assert_allclose(losses, expected, rtol=1e-5)
-
-
-def test_bidirectional_language_model_is_rejected() -> None:
-    with pytest.raises(ValueError, match="bidirectional must be false"):
-        build_language_model(LanguageModelTrain(bidirectional=True), 50)
 
 
 @pytest.mark.parametrize("units", [8, 12], ids=["same-width", "projected"])
@@ -163,16 +161,16 @@ def corpus(tmp_path_factory, default_params: dict[str, Any]) -> Path:
 
 
 def test_setup_gives_shifted_windows_and_a_full_probe(corpus: Path) -> None:
-    setup = lm.setup(TINY, corpus)
+    setup = lmtrain.setup(TINY, corpus)
     x, y = next(iter(setup.train))
     assert x.shape == (TINY.batch_size, TINY.max_len) == y.shape
     np.testing.assert_array_equal(x.numpy()[:, 1:], y.numpy()[:, :-1])
     assert setup.probe_inputs.shape == (TINY.probe_batch_size, TINY.max_len)
     assert (setup.probe_targets != PAD_ID).all()
     assert setup.assets["spm.model"].is_file()
-    newline = lm.load_tokenizer(corpus).piece_to_id(NEWLINE)
-    train_rows = lm.windows(
-        lm.load_streams(corpus, "train", newline)[0], TINY.max_len, TINY.max_len
+    newline = lmdata.load_tokenizer(corpus).piece_to_id(NEWLINE)
+    train_rows = lmdata.windows(
+        lmdata.load_streams(corpus, "train", newline)[0], TINY.max_len, TINY.max_len
     )
     batches = -(-len(train_rows) // TINY.batch_size)
     assert len(setup.train) == min(batches, TINY.max_steps_per_epoch)
@@ -180,14 +178,16 @@ def test_setup_gives_shifted_windows_and_a_full_probe(corpus: Path) -> None:
 
 @pytest.mark.slow
 def test_train_then_evaluate_on_real_text(corpus: Path, mlflow_uri: str, tmp_path: Path) -> None:
-    from pipeline.tracking import stage_run
-    from pipeline.train import Checkpoint, run_train, set_seed
+    from pipeline.core.tracking import stage_run
+    from pipeline.core.trainer import Checkpoint, run_train, set_seed
 
     set_seed(TINY.seed)
-    setup = lm.setup(TINY, corpus)
-    newline = lm.load_tokenizer(corpus).piece_to_id(NEWLINE)
-    val_rows = lm.windows(lm.load_streams(corpus, "val", newline)[0], TINY.max_len, TINY.max_len)
-    nll, _ = lm.token_nll(setup.model, val_rows)
+    setup = lmtrain.setup(TINY, corpus)
+    newline = lmdata.load_tokenizer(corpus).piece_to_id(NEWLINE)
+    val_rows = lmdata.windows(
+        lmdata.load_streams(corpus, "val", newline)[0], TINY.max_len, TINY.max_len
+    )
+    nll, _ = lmeval.token_nll(setup.model, val_rows)
     untrained = float(np.nanmean(nll))
     with stage_run("language_model", "train", TINY.model_dump(mode="json")) as run:
         result = run_train(
@@ -199,7 +199,9 @@ def test_train_then_evaluate_on_real_text(corpus: Path, mlflow_uri: str, tmp_pat
             tmp_path / "plots",
             tmp_path / "work",
         )
-    metrics = lm.evaluate(TINY, tmp_path / "model", corpus, tmp_path / "raw", tmp_path / "reports")
+    metrics = lmeval.evaluate(
+        TINY, EVAL, tmp_path / "model", corpus, tmp_path / "raw", tmp_path / "reports"
+    )
     write_json(tmp_path / "eval.json", metrics)  # must be JSON-serialisable
 
     # Training helped, and Keras's epoch metrics agree with the evaluator on the same windows.
@@ -210,8 +212,8 @@ def test_train_then_evaluate_on_real_text(corpus: Path, mlflow_uri: str, tmp_pat
 
     # Perplexity is exp(mean cross-entropy) over every test token once, recomputed with numpy.
     model = keras.saving.load_model(tmp_path / "model" / "model.keras")
-    test_streams, chars = lm.load_streams(corpus, "test", newline)
-    rows = lm.windows(test_streams, TINY.max_len, TINY.max_len)
+    test_streams, chars = lmdata.load_streams(corpus, "test", newline)
+    rows = lmdata.windows(test_streams, TINY.max_len, TINY.max_len)
     log_p = log_softmax(model.predict(rows[:, :-1], verbose=0).astype(np.float64))
     picked = np.take_along_axis(log_p, rows[:, 1:, None], axis=-1)[..., 0][rows[:, 1:] != PAD_ID]
     assert len(picked) == sum(len(s) - 1 for s in test_streams) == metrics["test.tokens"]
@@ -222,7 +224,7 @@ def test_train_then_evaluate_on_real_text(corpus: Path, mlflow_uri: str, tmp_pat
     assert 1 < metrics["baseline.perplexity"] < 200 and metrics["baseline.bpc"] > 0
 
     # Reports: evaluation samples and per-epoch samples logged to MLflow.
-    assert (tmp_path / "reports" / "samples.txt").read_text().count(TINY.sample_prompt) == 3
+    assert (tmp_path / "reports" / "samples.txt").read_text().count(EVAL.sample_prompt) == 3
     assert (tmp_path / "reports" / "loss_by_position.png").is_file()
     logged = MlflowClient().list_artifacts(result.run_id, "reports/epoch_002")
     assert [Path(a.path).name for a in logged] == ["sample.txt"]

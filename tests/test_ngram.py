@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.ngram import estimate_discount, fit_kneser_ney
+from pipeline.tasks.language_model.ngram import estimate_discount, fit_kneser_ney
 
 START, A, B, C = 2, 5, 6, 7
 VOCAB = 8

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from pipeline.distribute import free_ports
-from pipeline.tracking import reap_orphans, stage_run
+from pipeline.core.distribute import free_ports
+from pipeline.core.tracking import reap_orphans, stage_run
 
 
 def cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.decoding import KerasStepModel
-from pipeline.models.seq2seq import build_seq2seq, seq2seq_from_model
 from pipeline.params import TranslationTrain
+from pipeline.tasks.translation.decoding import KerasStepModel
+from pipeline.tasks.translation.model import build_seq2seq, seq2seq_from_model
 
 SRC_VOCAB, TGT_VOCAB = 30, 25
 CONFIGS = {

@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.serving import log_pyfunc_model, to_texts
-from pipeline.tracking import StageRun
+from pipeline.core.tracking import StageRun
+from pipeline.tasks.classification.serving import log_pyfunc_model, to_texts
 from tests.mlflow_server import MlflowServer, ModelServer
 from tests.pipeline_runs import train_on, write_tiny_params
 from tests.test_train import TINY_TRAIN
@@ -46,7 +46,7 @@ def logged_model(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> LoggedModel:
     """Train a tiny classifier through the CLI, log its pyfunc model, delete the local copy."""
-    from pipeline.tasks.classification import load_predictor, predict_texts
+    from pipeline.tasks.classification.predict import load_predictor, predict_texts
 
     _, tok = tiny_data("classification")
     work = tmp_path_factory.mktemp("serving")

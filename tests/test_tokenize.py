@@ -11,18 +11,10 @@ import sentencepiece as spm
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.corpus import load_npz, unpack
+from pipeline.core.corpus import load_npz, unpack
+from pipeline.core.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID, decode_lines, encode_lines
 from pipeline.params import SentencePieceParams, Task, TranslationTokenize
-from pipeline.tokenize import (
-    BOS_ID,
-    EOS_ID,
-    PAD_ID,
-    UNK_ID,
-    decode_lines,
-    encode_lines,
-    run_tokenize,
-    train_sentencepiece,
-)
+from pipeline.tokenize import run_tokenize, train_sentencepiece
 
 SONNET = """Shall I compare thee to a summer's day?
 Thou art more lovely and more temperate:

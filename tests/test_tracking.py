@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.tracking import attached_run, flatten, git_state, make_client, project_root, stage_run
+from pipeline.core.tracking import (
+    attached_run,
+    flatten,
+    git_state,
+    make_client,
+    project_root,
+    stage_run,
+)
 
 
 def test_flatten_makes_dotted_keys() -> None:

@@ -11,18 +11,26 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.corpus import read_jsonl
-from pipeline.lexicon import learn_lexicon, translate_words
-from pipeline.params import Task, TranslationTokenize, TranslationTrain, load_params
-from pipeline.tasks import translation
-from pipeline.tokenize import BOS_ID, EOS_ID
+from pipeline.core.corpus import read_jsonl
+from pipeline.core.tokens import BOS_ID, EOS_ID
+from pipeline.params import (
+    Task,
+    TranslationEvaluate,
+    TranslationTokenize,
+    TranslationTrain,
+    load_params,
+)
+from pipeline.tasks.translation import data as trdata
+from pipeline.tasks.translation import evaluate as treval
+from pipeline.tasks.translation import train as trtrain
+from pipeline.tasks.translation.lexicon import learn_lexicon, translate_words
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_teacher_forcing_adds_bos_and_eos() -> None:
     """Decoder input is BOS + y, the target y + EOS."""
-    target_in, target_out = translation.teacher_forcing([np.asarray([7, 8], np.int32)])
+    target_in, target_out = trdata.teacher_forcing([np.asarray([7, 8], np.int32)])
     assert target_in[0].tolist() == [BOS_ID, 7, 8] and target_out[0].tolist() == [7, 8, EOS_ID]
 
 
@@ -31,7 +39,7 @@ def test_dataset_batches_named_inputs() -> None:
     cfg = TranslationTrain(batch_size=2, bucket_by_length=False)
     source = [np.asarray(s, np.int32) for s in ([5, 6, 7], [8], [9, 9])]
     target = [np.asarray(t, np.int32) for t in ([4], [5, 6], [7])]
-    inputs, outputs = next(iter(translation.make_dataset(source, target, cfg, shuffle=False)))
+    inputs, outputs = next(iter(trdata.make_dataset(source, target, cfg, shuffle=False)))
     assert inputs["source"].numpy().tolist() == [[5, 6, 7], [8, 0, 0]]
     assert inputs["target_in"].numpy().tolist() == [[BOS_ID, 4, 0], [BOS_ID, 5, 6]]
     assert outputs.numpy().tolist() == [[4, EOS_ID, 0], [5, 6, EOS_ID]]
@@ -58,9 +66,9 @@ def test_losses_ignore_padding() -> None:
     scrambled = logits.copy()
     scrambled[1, 2] = 50.0  # a pad position
     for values in (logits, scrambled):
-        mean = float(translation.token_loss()(targets, values))
+        mean = float(trtrain.token_loss()(targets, values))
         assert mean == pytest.approx(tokens[real].mean(), rel=1e-5)
-        per_example = np.asarray(translation.per_example_loss(targets, values))
+        per_example = np.asarray(trtrain.per_example_loss(targets, values))
         np.testing.assert_allclose(per_example, (tokens * real).sum(axis=1), rtol=1e-5)
 
 
@@ -69,7 +77,7 @@ def test_token_accuracy_ignores_padding() -> None:
     targets = np.asarray([[4, 5, 3], [6, 0, 0]], dtype=np.int32)
     predicted = np.asarray([[4, 5, 7], [8, 0, 0]])
     logits = keras.ops.one_hot(predicted, 9).numpy()
-    metric = translation.TokenAccuracy()
+    metric = trdata.TokenAccuracy()
     metric.update_state(targets, logits)
     assert float(metric.result()) == pytest.approx(2 / 4)
 
@@ -77,9 +85,9 @@ def test_token_accuracy_ignores_padding() -> None:
 def test_bleu_and_chrf_of_perfect_and_wrong_hypotheses() -> None:
     """A perfect hypothesis scores 100; an unrelated one scores far less."""
     references = ["He went away empty-handed.", "I am genuinely curious to see his report."]
-    perfect = translation.corpus_scores(references, references, "test", "_greedy")
+    perfect = treval.corpus_scores(references, references, "test", "_greedy")
     assert perfect == pytest.approx({"test.bleu_greedy": 100.0, "test.chrf_greedy": 100.0})
-    wrong = translation.corpus_scores(["Nothing.", "Cats sleep."], references, "test")
+    wrong = treval.corpus_scores(["Nothing.", "Cats sleep."], references, "test")
     assert wrong["test.bleu"] < 10 and wrong["test.chrf"] < 30
 
 
@@ -127,28 +135,27 @@ TINY = {
     "dropout": 0.0,
     "log_every_n_steps": 5,
     "probe_batch_size": 4,
-    "examples": 3,
-    "attention_maps": 2,
-    "beam_size": 3,
-    "decode_max_len": 12,
+    "report_examples": 3,
+    "report_attention_maps": 2,
 }
+EVAL = TranslationEvaluate(examples=3, attention_maps=2, beam_size=3, decode_max_len=12)
 SENTENCES = ["Er ist leer ausgegangen.", "", "Xyzzy ☃ 漢字 qqq!"]
 
 
 def validation_loss(model: keras.Model, data_dir: Path, cfg: TranslationTrain) -> float:
     """Mean token loss of `model` on the validation pairs."""
-    pairs = translation.load_pairs(data_dir, "val", cfg.max_len)
-    inputs, targets = translation.model_inputs(*pairs)
-    return float(translation.token_loss()(targets, model(inputs)))
+    pairs = trdata.load_pairs(data_dir, "val", cfg.max_len)
+    inputs, targets = trdata.model_inputs(*pairs)
+    return float(trtrain.token_loss()(targets, model(inputs)))
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_data: dict[str, Path]) -> dict[str, Any]:
     """Train with the shared trainer and a real MLflow run (sqlite store in a temp dir)."""
-    from pipeline.models.seq2seq import seq2seq_from_model
-    from pipeline.tracking import stage_run
-    from pipeline.train import Checkpoint, run_train, set_seed
-    from pipeline.translate import Translator, translate_texts
+    from pipeline.core.tracking import stage_run
+    from pipeline.core.trainer import Checkpoint, run_train, set_seed
+    from pipeline.tasks.translation.model import seq2seq_from_model
+    from pipeline.tasks.translation.translate import Translator, translate_texts
 
     root, cfg = tiny_data["root"], TranslationTrain(**TINY)
     with pytest.MonkeyPatch.context() as patch:
@@ -156,7 +163,7 @@ def trained(tiny_data: dict[str, Path]) -> dict[str, Any]:
         patch.chdir(root)
         set_seed(cfg.seed)
         with stage_run("translation", "train", cfg.model_dump(mode="json")) as run:
-            setup = translation.setup(cfg, tiny_data["tok"])
+            setup = trtrain.setup(cfg, tiny_data["tok"])
             before = validation_loss(setup.model, tiny_data["tok"], cfg)
             checkpoint = Checkpoint(root / "ckpt", "tiny")
             result = run_train(
@@ -174,7 +181,7 @@ def trained(tiny_data: dict[str, Path]) -> dict[str, Any]:
 def test_training_reduces_loss_and_writes_reports(tiny_data, trained) -> None:
     """Validation loss falls; the model, tokenizers, tables and heatmaps are written."""
     assert trained["after"] < trained["before"] - 0.5
-    vocab = translation.vocab_sizes(tiny_data["tok"])[1]
+    vocab = trdata.vocab_sizes(tiny_data["tok"])[1]
     assert trained["before"] == pytest.approx(math.log(vocab), abs=0.5)  # ~uniform at init
     model_dir = trained["result"].model_dir
     assert {"model.keras", "src.model", "tgt.model"} <= {p.name for p in model_dir.iterdir()}
@@ -192,8 +199,8 @@ def test_training_reduces_loss_and_writes_reports(tiny_data, trained) -> None:
 def test_evaluate_scores_greedy_beam_and_baseline(tiny_data, trained, tmp_path: Path) -> None:
     """Flat, finite metrics within their ranges; reports for every test sentence."""
     cfg = trained["cfg"]
-    metrics = translation.evaluate(
-        cfg, trained["result"].model_dir, tiny_data["tok"], tiny_data["raw"], tmp_path
+    metrics = treval.evaluate(
+        cfg, EVAL, trained["result"].model_dir, tiny_data["tok"], tiny_data["raw"], tmp_path
     )
     assert set(metrics) == {
         "test.bleu_greedy",
@@ -209,14 +216,14 @@ def test_evaluate_scores_greedy_beam_and_baseline(tiny_data, trained, tmp_path: 
     rows = (tmp_path / "translations.tsv").read_text(encoding="utf-8").splitlines()
     test_pairs = len(read_jsonl(tiny_data["raw"] / "test.jsonl"))
     assert rows[0] == "source\treference\tgreedy\tbeam" and len(rows) == 1 + test_pairs
-    assert len((tmp_path / "examples.tsv").read_text().splitlines()) == 1 + cfg.examples
+    assert len((tmp_path / "examples.tsv").read_text().splitlines()) == 1 + EVAL.examples
     assert (tmp_path / "attention_2.png").is_file()
 
 
 @pytest.mark.slow
 def test_translate_after_save_and_load(trained) -> None:
     """The saved model translates like the in-memory one; empty and unknown input are fine."""
-    from pipeline.translate import translate
+    from pipeline.tasks.translation.translate import translate
 
     model_dir = trained["result"].model_dir
     texts = translate(model_dir, SENTENCES, beam_size=2, max_len=10)

@@ -22,9 +22,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.datasets import pad_batch
-from pipeline.models.seq2seq import ATTENTION, KEYS, LOGITS, MEMORY, SOURCE, TOKEN, Seq2Seq
-from pipeline.tokenize import BOS_ID, EOS_ID, PAD_ID
+from pipeline.core.datasets import pad_batch
+from pipeline.core.tokens import BOS_ID, EOS_ID, PAD_ID
+from pipeline.tasks.translation.model import ATTENTION, KEYS, LOGITS, MEMORY, SOURCE, TOKEN, Seq2Seq
 
 Arrays = dict[str, np.ndarray]
 NEVER_GENERATED = (PAD_ID, BOS_ID)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from pipeline.corpus import pack
+from pipeline.core.corpus import pack
 from pipeline.params import TrainParams
 
 

@@ -11,14 +11,27 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+
+# File names that several stages and tasks share.
+MODEL_FILE = "model.keras"  # the trained Keras model in `train --out`
+TOKENIZER = "spm.model"  # one SentencePiece model (classification, language model)
+SOURCE_TOKENIZER, TARGET_TOKENIZER = "src.model", "tgt.model"  # translation
+RUN_FILE = "train_run.json"  # the MLflow run that trained a model, beside it
+MANIFEST = "manifest.json"  # what `download` fetched; copied along the data
+
+
+class OutputError(Exception):
+    """An output path cannot be written as asked (e.g. it exists and is not a directory)."""
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -46,6 +59,7 @@ def write_json(path: Path, data: Any) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, _umask_mode(directory=False))  # mkstemp's 0600 would stick
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -78,6 +92,7 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.close(fd)
     try:
         np.savez(tmp, **arrays)
+        os.chmod(tmp, _umask_mode(directory=False))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -90,13 +105,46 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
         return {key: data[key] for key in data.files}
 
 
-def load_sequences(path: Path, field: str) -> list[np.ndarray]:
-    """Load one ragged field (e.g. `ids`, `src`, `tgt`) of a tokenized split."""
-    data = load_npz(path)
-    return unpack(data[f"{field}_ids"], data[f"{field}_offsets"])
+def _umask_mode(directory: bool) -> int:
+    """The mode a plain `mkdir`/`open` would give under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
 
 
-def iter_splits(directory: Path, suffix: str) -> Iterator[tuple[str, Path]]:
-    """Yield (split, path) for the three splits of a stage directory."""
-    for split in SPLITS:
-        yield split, directory / f"{split}{suffix}"
+@contextmanager
+def staged_directory(out_dir: Path) -> Iterator[Path]:
+    """Yield an empty sibling directory; on success swap it in as `out_dir`, else delete it.
+
+    Readers never see a half-written `out_dir`, and a failure leaves the previous one intact.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    try:
+        staging.chmod(_umask_mode(directory=True))  # mkdtemp's 0700 would become out_dir's
+        yield staging
+        replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def replace_dir(new: Path, target: Path) -> None:
+    """Swap `new` into `target` by renames, restoring the old directory if the swap fails."""
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise OutputError(f"{target} exists and is not a directory; remove it first")
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old-"))
+    try:
+        os.replace(target, old)  # renaming onto the empty placeholder is atomic on POSIX
+    except BaseException:
+        old.rmdir()
+        raise
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

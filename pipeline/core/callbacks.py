@@ -15,9 +15,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from pipeline.gradients import GLOBAL as GLOBAL_NORM
-from pipeline.gradients import PREFIX as GRAD_PREFIX
-from pipeline.tracking import StageRun
+from pipeline.core.gradients import GLOBAL as GLOBAL_NORM
+from pipeline.core.gradients import PREFIX as GRAD_PREFIX
+from pipeline.core.tracking import StageRun
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ class GradientFlowLogger(keras.callbacks.Callback):
         self.history: list[dict[str, np.ndarray]] = []
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        from pipeline.gradient_flow import summarize_flow
+        from pipeline.core.gradient_flow import summarize_flow
 
         curves = self.probe.measure()
         self.history.append(curves)
@@ -173,7 +173,7 @@ class GradientFlowLogger(keras.callbacks.Callback):
             self.run.log_metrics(summarize_flow(curves), step=epoch + 1)
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        from pipeline.gradient_flow import plot_flow
+        from pipeline.core.gradient_flow import plot_flow
 
         if self.history:
             self.run.log_artifact(

@@ -14,10 +14,10 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from pipeline.decoding import Hypothesis, KerasStepModel
-from pipeline.models.seq2seq import seq2seq_from_model
-from pipeline.tokenize import PAD_ID
-from pipeline.translate import Translator
+from pipeline.core.tokens import PAD_ID
+from pipeline.tasks.translation.decoding import Hypothesis, KerasStepModel
+from pipeline.tasks.translation.model import seq2seq_from_model
+from pipeline.tasks.translation.translate import Translator
 
 EOS_LABEL = "</s>"
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import keras
 
-from pipeline.models.recurrent import recurrent_layer, token_embedding
+from pipeline.core.recurrent import recurrent_layer, token_embedding
 from pipeline.params import TranslationTrain
 
 SOURCE, TARGET_IN, TOKEN = "source", "target_in", "token"

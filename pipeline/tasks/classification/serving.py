@@ -22,9 +22,10 @@ from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
+from pipeline.core.corpus import MODEL_FILE, TOKENIZER
+from pipeline.tasks.classification.predict import predict_texts
+
 ARTIFACT_PATH = "pyfunc"
-KERAS_MODEL = "model.keras"
-TOKENIZER = "spm.model"
 TEXT_COLUMN = "text"
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string")]),  # unnamed: a list of strings works too
@@ -46,14 +47,14 @@ REQUIREMENTS = (
 MODEL_CODE = """\
 from mlflow.models import set_model
 
-from pipeline.serving import SentimentClassifier
+from pipeline.tasks.classification.serving import SentimentClassifier
 
 set_model(SentimentClassifier())
 """
 
 
 class RunHandle(Protocol):
-    """What `log_pyfunc_model` needs of a run (`pipeline.tracking.StageRun` fits)."""
+    """What `log_pyfunc_model` needs of a run (`pipeline.core.tracking.StageRun` fits)."""
 
     client: MlflowClient
     run_id: str
@@ -78,8 +79,6 @@ class SentimentClassifier(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Classify texts with the same preprocessing as `python -m pipeline predict`."""
-        from pipeline.tasks.classification import predict_texts
-
         rows = predict_texts(self.model, self.sp, to_texts(model_input), self.max_len)
         return pd.DataFrame(rows, columns=["label", "probability"])
 
@@ -109,7 +108,7 @@ def pinned_requirements() -> list[str]:
 
 def save_pyfunc_model(model_dir: Path, max_len: int, path: Path) -> Path:
     """Write the pyfunc model (artifacts, code, signature, example) to a new directory."""
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[2]  # the whole `pipeline` package
     with tempfile.TemporaryDirectory() as tmp:
         code = Path(tmp) / package.name
         shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -119,7 +118,7 @@ def save_pyfunc_model(model_dir: Path, max_len: int, path: Path) -> Path:
             path=str(path),
             python_model=str(model_code),
             artifacts={
-                "keras_model": str(model_dir / KERAS_MODEL),
+                "keras_model": str(model_dir / MODEL_FILE),
                 "tokenizer": str(model_dir / TOKENIZER),
             },
             code_paths=[str(code)],

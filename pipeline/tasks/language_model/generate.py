@@ -16,16 +16,15 @@ import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
-from pipeline.tokenize import BOS_ID, EOS_ID, PAD_ID, UNK_ID, decode_lines, encode_lines
+from pipeline.core.corpus import MODEL_FILE, TOKENIZER
+from pipeline.core.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID, decode_lines, encode_lines
+from pipeline.tasks.language_model import model as _custom_layers  # noqa: F401  (registers them)
 
-MODEL_FILE, TOKENIZER = "model.keras", "spm.model"
 NEVER_SAMPLED = (PAD_ID, UNK_ID, BOS_ID, EOS_ID)
 
 
 def load_generator(model_dir: Path) -> tuple[keras.Model, spm.SentencePieceProcessor]:
     """Load the model and tokenizer that `train language_model` wrote to `model_dir`."""
-    import pipeline.models.language_model  # noqa: F401  (registers the tied-embedding layers)
-
     model = keras.saving.load_model(model_dir / MODEL_FILE)
     return model, spm.SentencePieceProcessor(model_file=str(model_dir / TOKENIZER))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from pipeline.models.recurrent import recurrent_stack, token_embedding
+from pipeline.core.recurrent import recurrent_stack, token_embedding
 from pipeline.params import ClassificationTrain
 
 

@@ -4,7 +4,7 @@ With `tie_embeddings` the output projection is the transposed input embedding ma
 Wolf 2017) plus a learned per-token bias; when the recurrent output width differs from
 `embedding_dim`, a linear `projection` Dense maps it to `embedding_dim` first. The model
 predicts token t+1 from tokens <= t, so a bidirectional block (which would read the answer)
-is rejected.
+is rejected when params are validated (`LanguageModelTrain`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from pipeline.models.recurrent import recurrent_stack, token_embedding
+from pipeline.core.recurrent import recurrent_stack, token_embedding
 from pipeline.params import LanguageModelTrain
 
 
@@ -42,18 +42,8 @@ class VocabBias(keras.layers.Layer):
         return ops.add(inputs, self.bias)
 
 
-def check_causal(cfg: LanguageModelTrain) -> None:
-    """Refuse settings that would let the model see the token it must predict."""
-    if cfg.bidirectional:
-        raise ValueError(
-            "train.language_model.bidirectional must be false: a causal language model may only "
-            "read tokens before the one it predicts (the backward pass would read the answer)"
-        )
-
-
 def build_language_model(cfg: LanguageModelTrain, vocab_size: int) -> keras.Model:
     """Build Embedding -> RNN (all steps) -> logits, optionally with tied input/output weights."""
-    check_causal(cfg)
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     if not cfg.tie_embeddings:
         # Masked embedding: pad steps (id 0) neither update the state nor count in the loss.

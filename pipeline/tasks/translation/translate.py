@@ -13,12 +13,9 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from pipeline.decoding import Hypothesis, KerasStepModel, decode_sequences
-from pipeline.models.seq2seq import Seq2Seq, seq2seq_from_model
-
-MODEL_FILE = "model.keras"
-SOURCE_TOKENIZER = "src.model"
-TARGET_TOKENIZER = "tgt.model"
+from pipeline.core.corpus import MODEL_FILE, SOURCE_TOKENIZER, TARGET_TOKENIZER
+from pipeline.tasks.translation.decoding import Hypothesis, KerasStepModel, decode_sequences
+from pipeline.tasks.translation.model import Seq2Seq, seq2seq_from_model
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,281 @@
+"""The shared trainer: one training loop and its instrumentation for every task.
+
+Tasks differ only by what their `setup` returns (model, loss, metrics, data,
+probe batch, extra epoch callbacks). The trainer adds gradient-norm instrumentation, gradient
+flow through time, MLflow logging, early stopping, a NaN guard and a checkpoint every epoch:
+re-running after a kill resumes from the last finished epoch and continues the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.core.callbacks import (
+    EpochReports,
+    GradientFlowLogger,
+    Logged,
+    MlflowMetrics,
+    NanGuard,
+    Progress,
+    Reporter,
+)
+from pipeline.core.corpus import MODEL_FILE, RUN_FILE, write_json
+from pipeline.core.gradients import InstrumentedModel
+from pipeline.core.tracking import StageRun
+from pipeline.params import TrainParams
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; no model is written."""
+
+
+@dataclass
+class TrainingSetup:
+    """Everything task-specific the shared trainer needs."""
+
+    model: keras.Model
+    loss: keras.losses.Loss
+    metrics: list[Any]
+    train: tf.data.Dataset
+    val: tf.data.Dataset
+    probe_inputs: Any
+    probe_targets: Any
+    probe_loss: Callable[[Any, Any], tf.Tensor]
+    assets: dict[str, Path] = field(default_factory=dict)
+    reporters: list[Reporter] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    """Where one training reads and writes; `scratch` is set for a non-chief worker."""
+
+    data: Path
+    out: Path
+    plots: Path
+    metrics: Path
+    checkpoints: Path
+    scratch: Path | None = None
+
+    def under(self, scratch: Path) -> TrainPaths:
+        """The same outputs inside `scratch`, seeded with the chief's checkpoint (same resume)."""
+        checkpoints = scratch / "checkpoints"
+        if self.checkpoints.is_dir():
+            shutil.copytree(self.checkpoints, checkpoints)
+        return TrainPaths(
+            self.data,
+            scratch / "model",
+            scratch / "plots",
+            scratch / "metrics.json",
+            checkpoints,
+            scratch,
+        )
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Final metrics and where the model went."""
+
+    metrics: dict[str, float]
+    model_dir: Path
+    run_id: str
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, numpy and TensorFlow once per stage."""
+    keras.utils.set_random_seed(seed)
+
+
+def make_optimizer(cfg: TrainParams) -> keras.optimizers.Optimizer:
+    """The configured optimizer; clipping is done by the instrumented train step."""
+    kinds = {
+        "adam": keras.optimizers.Adam,
+        "sgd": keras.optimizers.SGD,
+        "rmsprop": keras.optimizers.RMSprop,
+    }
+    return kinds[cfg.optimizer](learning_rate=cfg.learning_rate)
+
+
+def fingerprint(cfg: TrainParams, data_dir: Path) -> str:
+    """Identify a training configuration so a checkpoint is only resumed by the same one."""
+    digest = hashlib.sha256(json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode())
+    for path in sorted(data_dir.glob("*")):
+        if path.is_file():
+            digest.update(path.name.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+class Checkpoint:
+    """A checkpoint directory tied to one configuration and one MLflow run."""
+
+    def __init__(self, directory: Path, key: str):
+        self.directory, self.key = directory, key
+        self.meta = directory / "checkpoint.json"
+
+    def resumable_run_id(self) -> str | None:
+        """The MLflow run to continue, or None (a stale checkpoint is discarded)."""
+        if not self.meta.is_file():
+            return None
+        meta = json.loads(self.meta.read_text())
+        if meta.get("key") != self.key:
+            log.info("discarding checkpoint %s: made with other params or data", self.directory)
+            self.clear()
+            return None
+        log.info("resuming from checkpoint %s (MLflow run %s)", self.directory, meta["run_id"])
+        return meta["run_id"]
+
+    def bind(self, run_id: str) -> keras.callbacks.Callback:
+        """Record the run and return Keras's per-epoch backup-and-restore callback."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        write_json(self.meta, {"key": self.key, "run_id": run_id})
+        backup = keras.callbacks.BackupAndRestore(
+            str(self.directory / "keras"), double_checkpoint=True, delete_checkpoint=False
+        )
+        backup.async_safe = True  # it saves per epoch; its batch hook does nothing
+        return backup
+
+    def clear(self) -> None:
+        """Remove the checkpoint after success (or divergence: resuming would diverge again)."""
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def compile_model(setup: TrainingSetup, cfg: TrainParams) -> InstrumentedModel:
+    """Wrap the task model for instrumented training (shares all layers) and compile it."""
+    model = InstrumentedModel(
+        setup.model.inputs, setup.model.outputs, clip_norm=cfg.clip_norm, name=setup.model.name
+    )
+    model.compile(optimizer=make_optimizer(cfg), loss=setup.loss, metrics=setup.metrics)
+    return model
+
+
+def callbacks_for(
+    setup: TrainingSetup, cfg: TrainParams, run: StageRun, checkpoint: Checkpoint, work: Path
+) -> tuple[list[keras.callbacks.Callback], MlflowMetrics, NanGuard, GradientFlowLogger, Progress]:
+    """Assemble the trainer's callbacks (order matters: NaN guard before the checkpoint)."""
+    from pipeline.core.gradient_flow import GradientFlowProbe
+
+    probe = GradientFlowProbe(
+        setup.model, setup.probe_inputs, setup.probe_targets, setup.probe_loss
+    )
+    logged = Logged.of(run)  # nothing for a new run; a resumed one continues after it
+    metrics, guard = MlflowMetrics(run, cfg.log_every_n_steps, logged), NanGuard()
+    flow = GradientFlowLogger(probe, run, work / "grad_flow", logged)
+    stack: list[keras.callbacks.Callback] = [guard, metrics, flow]
+    if setup.reporters:
+        stack.append(EpochReports(setup.reporters, run, work / "reports", setup.model))
+    progress = Progress(cfg.log_every_n_steps, cfg.batch_size, cfg.epochs)
+    stack.append(progress)
+    if cfg.early_stopping_patience:
+        stack.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True
+            )
+        )
+    stack.append(checkpoint.bind(run.run_id))
+    return stack, metrics, guard, flow, progress
+
+
+def fit(
+    setup: TrainingSetup, cfg: TrainParams, run: StageRun, checkpoint: Checkpoint, work: Path
+) -> tuple[dict[str, float], MlflowMetrics, GradientFlowLogger]:
+    """Run `model.fit` with instrumentation; raise TrainingDiverged on a non-finite loss."""
+    model = compile_model(setup, cfg)
+    stack, metrics, guard, flow, progress = callbacks_for(setup, cfg, run, checkpoint, work)
+    started = time.perf_counter()
+    history = model.fit(
+        setup.train,
+        validation_data=setup.val,
+        epochs=cfg.epochs,
+        callbacks=stack,
+        verbose=0,
+        shuffle=False,
+    )
+    seconds = time.perf_counter() - started
+    if guard.diverged_at is not None:
+        checkpoint.clear()
+        raise TrainingDiverged(
+            f"loss became non-finite at step {guard.diverged_at}; "
+            "lower train.*.learning_rate or set clip_norm"
+        )
+    steps = int(model.optimizer.iterations.numpy())
+    final = {k: float(v[-1]) for k, v in history.history.items() if not k.startswith("grad_")}
+    final |= {
+        "train_seconds": seconds,
+        "steps": float(steps),
+        "samples_per_second": progress.samples / max(seconds, 1e-9),  # this session only
+        "epochs_run": float(len(metrics.epoch_rows)),
+    }
+    return final, metrics, flow
+
+
+def save_outputs(
+    setup: TrainingSetup,
+    run: StageRun,
+    out_dir: Path,
+    plots_dir: Path,
+    mlflow_metrics: MlflowMetrics,
+    flow: GradientFlowLogger,
+) -> None:
+    """Write the model, its tokenizer(s), the run id and the DVC plot files."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    setup.model.save(out_dir / MODEL_FILE)
+    for name, asset in setup.assets.items():
+        shutil.copyfile(asset, out_dir / name)
+    write_json(out_dir / RUN_FILE, {"run_id": run.run_id, "experiment_id": run.experiment_id})
+    write_json(plots_dir / "loss.json", mlflow_metrics.epoch_rows)
+    write_json(plots_dir / "grad_norm.json", mlflow_metrics.step_rows)
+    final_flow = flow.history[-1] if flow.history else {}
+    write_json(plots_dir / "grad_flow.json", flow_rows(final_flow))
+    for key, curve in final_flow.items():
+        for t, value in enumerate(np.asarray(curve, dtype=float)):
+            if np.isfinite(value):
+                run.log_metrics({f"grad_flow/{key}": float(value)}, step=t)
+    run.log_artifact(out_dir, "model")
+
+
+def flow_rows(curves: dict[str, np.ndarray]) -> list[dict[str, float | None]]:
+    """One row per timestep with a column per layer (DVC plots' table format)."""
+    length = max((len(c) for c in curves.values()), default=0)
+    rows = []
+    for t in range(length):
+        row: dict[str, float | None] = {"t": float(t)}
+        for key, curve in curves.items():
+            value = float(curve[t]) if t < len(curve) else float("nan")
+            row[key] = value if np.isfinite(value) else None
+        rows.append(row)
+    return rows
+
+
+def run_train(
+    setup: TrainingSetup,
+    cfg: TrainParams,
+    run: StageRun,
+    checkpoint: Checkpoint,
+    out_dir: Path,
+    plots_dir: Path,
+    work_dir: Path,
+) -> TrainResult:
+    """Train, then write outputs only if training finished with a finite loss."""
+    final, mlflow_metrics, flow = fit(setup, cfg, run, checkpoint, work_dir)
+    if flow.history:
+        from pipeline.core.gradient_flow import summarize_flow
+
+        final |= summarize_flow(flow.history[-1])
+    save_outputs(setup, run, out_dir, plots_dir, mlflow_metrics, flow)
+    run.log_metrics({f"final.{k}": v for k, v in final.items()})
+    checkpoint.clear()
+    return TrainResult(metrics=final, model_dir=out_dir, run_id=run.run_id)

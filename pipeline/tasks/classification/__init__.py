@@ -1,0 +1,1 @@
+"""Sentiment classification of movie reviews (GRU over SentencePiece ids; TF-IDF baseline)."""

@@ -1,0 +1,43 @@
+"""Classify texts with a trained model: shared by `predict`, evaluation and the served model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import sentencepiece as spm
+
+from pipeline.core.corpus import MODEL_FILE, TOKENIZER
+from pipeline.core.datasets import pad_batch
+
+THRESHOLD = 0.5  # P(positive) at or above this is labelled positive
+LABELS = ("negative", "positive")
+
+
+def predict_probabilities(model: keras.Model, seqs: list[np.ndarray], batch: int) -> np.ndarray:
+    """P(positive) for each sequence, batched in input order."""
+    out = [
+        model.predict_on_batch(pad_batch(seqs[i : i + batch])) for i in range(0, len(seqs), batch)
+    ]
+    return np.concatenate(out).reshape(-1) if out else np.zeros(0, dtype=np.float32)
+
+
+def decide(probs: np.ndarray) -> np.ndarray:
+    """Label ids (0 negative, 1 positive) for P(positive) values."""
+    return (np.asarray(probs) >= THRESHOLD).astype(int)
+
+
+def load_predictor(model_dir: Path) -> tuple[keras.Model, spm.SentencePieceProcessor]:
+    """Load a trained classifier and its SentencePiece model from one directory."""
+    model = keras.saving.load_model(model_dir / MODEL_FILE)
+    return model, spm.SentencePieceProcessor(model_file=str(model_dir / TOKENIZER))
+
+
+def predict_texts(
+    model: keras.Model, sp: spm.SentencePieceProcessor, texts: list[str], max_len: int
+) -> list[tuple[str, float]]:
+    """(label, P(positive)) for raw texts; empty texts get the model's no-evidence answer."""
+    seqs = [np.asarray(sp.encode(text)[-max_len:] or [], dtype=np.int32) for text in texts]
+    probs = predict_probabilities(model, seqs, batch=64)
+    return [(LABELS[label], float(p)) for label, p in zip(decide(probs), probs, strict=True)]

@@ -1,0 +1,1 @@
+"""Language modeling of Shakespeare's plays (LSTM over subwords; Kneser-Ney baseline)."""

@@ -1,0 +1,1 @@
+"""German-to-English translation (attention encoder-decoder; dictionary baseline)."""

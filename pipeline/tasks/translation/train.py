@@ -1,0 +1,79 @@
+"""Translation, training side: encoder-decoder, teacher-forced data and probe for the trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from pipeline.core.corpus import SOURCE_TOKENIZER, TARGET_TOKENIZER
+from pipeline.core.tokens import PAD_ID
+from pipeline.core.tracking import StageRun
+from pipeline.core.trainer import TrainingSetup
+from pipeline.params import TranslationTrain
+from pipeline.tasks.translation.data import (
+    TokenAccuracy,
+    load_pairs,
+    make_dataset,
+    probe_batch,
+    vocab_sizes,
+)
+from pipeline.tasks.translation.model import build_seq2seq
+from pipeline.tasks.translation.reports import ExampleReporter
+from pipeline.tasks.translation.translate import Translator
+
+
+def per_example_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
+    """Each example's cross-entropy summed over its target tokens (PAD contributes 0)."""
+    losses = keras.losses.sparse_categorical_crossentropy(
+        y_true, y_pred, from_logits=True, ignore_class=PAD_ID
+    )
+    return ops.sum(losses, axis=-1)
+
+
+def token_loss() -> keras.losses.Loss:
+    """Mean cross-entropy over non-PAD target tokens (PAD positions contribute 0)."""
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID)
+
+
+def example_reporter(
+    cfg: TranslationTrain, translator: Translator, data_dir: Path
+) -> ExampleReporter:
+    """Greedy translations of the first validation sentences (fixed across epochs and runs).
+
+    Validation, never test: the test split stays unseen until `evaluate`.
+    """
+    source, target = load_pairs(data_dir, "val", cfg.max_len)
+    references = [translator.target.decode(t.tolist()) for t in target]
+    return ExampleReporter(
+        translator, source, references, cfg.report_examples, cfg.report_attention_maps, cfg.max_len
+    )
+
+
+def setup(cfg: TranslationTrain, data_dir: Path) -> TrainingSetup:
+    """Build the encoder-decoder and its data for the shared trainer."""
+    train_src, train_tgt = load_pairs(data_dir, "train", cfg.max_len)
+    val_src, val_tgt = load_pairs(data_dir, "val", cfg.max_len)
+    probe_x, probe_y = probe_batch(val_src, val_tgt, cfg.probe_batch_size)
+    seq2seq = build_seq2seq(cfg, *vocab_sizes(data_dir))
+    assets = {name: data_dir / name for name in (SOURCE_TOKENIZER, TARGET_TOKENIZER)}
+    translator = Translator.from_parts(seq2seq, *assets.values())
+    reporters = [example_reporter(cfg, translator, data_dir)]
+    return TrainingSetup(
+        model=seq2seq.model,
+        loss=token_loss(),
+        metrics=[TokenAccuracy()],
+        train=make_dataset(train_src, train_tgt, cfg, shuffle=True),
+        val=make_dataset(val_src, val_tgt, cfg, shuffle=False),
+        probe_inputs=probe_x,
+        probe_targets=probe_y,
+        probe_loss=per_example_loss,
+        assets=assets,
+        reporters=reporters if cfg.report_examples or cfg.report_attention_maps else [],
+    )
+
+
+def after_training(cfg: TranslationTrain, run: StageRun, model_dir: Path) -> None:
+    """Nothing beyond the trainer's outputs: `translate` reads the model directory."""
