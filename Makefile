@@ -6,7 +6,7 @@ export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test lint compare-cells mlflow-ui mlflow-server clean
+.PHONY: setup repro test test-fast lint compare-cells mlflow-ui mlflow-server clean
 
 $(BIN)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
@@ -21,8 +21,11 @@ repro: setup  ## Run the whole DVC pipeline on the default offline data.
 lint: setup
 	ruff check pipeline tests
 
-test: lint  ## Lint, then run every test (slow ones included).
+test: lint  ## Lint, then run every test (slow ones included; what CI runs).
 	pytest
+
+test-fast: lint  ## The quick loop: tests that train, download or start no service (< 2 min).
+	pytest -m "not slow"
 
 # SimpleRNN vs LSTM vs GRU (and a bidirectional GRU, except for the causal language model) on
 # one task, each as a DVC experiment in a temporary copy (params.yaml is left alone), then the

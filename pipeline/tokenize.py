@@ -2,7 +2,7 @@
 
 Special ids are fixed for every task: PAD=0 (masked by the models), UNK=1, BOS=2, EOS=3.
 Language-model text keeps its line structure through a `<nl>` control symbol appended after
-every line. Outputs (see `corpus.py` for the npz layout):
+every line. Outputs (see `pipeline/core/corpus.py` for the npz layout):
 
 - classification: `spm.model`; `{split}.npz` with `tokens` (one review each) and `labels`.
 - language_model: `spm.model`; `{split}.npz` with `tokens` (one play each) and `chars`

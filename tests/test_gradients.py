@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from pipeline.core.gradient_flow import GradientFlowProbe
-from pipeline.core.gradients import CLIPPED, GLOBAL, InstrumentedModel, squared_norm
+from pipeline.core.gradients import BATCH_LOSS, CLIPPED, GLOBAL, InstrumentedModel, squared_norm
 from pipeline.params import ClassificationTrain
 from pipeline.reference.numpy_rnn import NumpyRNN, hidden_gradient_norms
 from pipeline.tasks.classification.model import build_classifier
@@ -86,8 +88,62 @@ def test_clipping_scales_the_update_to_the_global_norm() -> None:
     assert step == pytest.approx(norm / 10, rel=1e-3)  # SGD(1): the update is the clipped grad
 
 
+def test_clipping_leaves_a_gradient_below_the_threshold_alone() -> None:
+    """Below `clip_norm` the update is the raw gradient (a mutant that always rescales fails)."""
+    keras.utils.set_random_seed(2)
+    plain = build_classifier(TINY, vocab_size=20)
+    x, y = tiny_batch(1)
+    norm = reference_norms(plain, x, y)[GLOBAL]
+    before = [v.numpy().copy() for v in plain.trainable_variables]
+    model = InstrumentedModel(plain.inputs, plain.outputs, clip_norm=norm * 3)
+    model.compile(optimizer=keras.optimizers.SGD(1.0), loss="binary_crossentropy")
+    logs = model.train_on_batch(x, y, return_dict=True)
+    assert float(logs[CLIPPED]) == pytest.approx(norm, rel=1e-4)
+    step = np.sqrt(
+        sum(
+            np.sum((v.numpy() - b) ** 2)
+            for v, b in zip(plain.trainable_variables, before, strict=True)
+        )
+    )
+    assert step == pytest.approx(norm, rel=1e-3)
+
+
+def test_batch_loss_is_the_steps_own_loss_not_the_running_mean() -> None:
+    keras.utils.set_random_seed(3)
+    plain = build_classifier(TINY, vocab_size=20)
+    model = InstrumentedModel(plain.inputs, plain.outputs)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="binary_crossentropy")
+    (x1, y1), (x2, y2) = tiny_batch(4), tiny_batch(5)
+    expected = [
+        float(keras.losses.BinaryCrossentropy()(y, plain(x))) for x, y in ((x1, y1), (x2, y2))
+    ]
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((float(logs[BATCH_LOSS]), float(logs["loss"])))
+
+    data = tf.data.Dataset.from_tensor_slices((np.concatenate([x1, x2]), np.concatenate([y1, y2])))
+    model.fit(data.batch(8), epochs=1, verbose=0, callbacks=[Record()])
+    assert [b for b, _ in seen] == pytest.approx(expected, rel=1e-4)
+    assert seen[1][1] == pytest.approx(sum(expected) / 2, rel=1e-4)  # Keras's running mean
+
+
+def test_keras_private_hooks_are_still_there() -> None:
+    """InstrumentedModel relies on two Keras internals; a Keras upgrade that changes them
+    must fail here, not deep inside a multi-worker run."""
+    assert keras.__version__.startswith("3."), keras.__version__
+    params = inspect.signature(keras.Model._maybe_symbolic_build).parameters
+    assert {"iterator", "data_batch"} <= set(params)
+    plain = build_classifier(TINY, vocab_size=20)
+    model = InstrumentedModel(plain.inputs, plain.outputs)
+    model.compile(optimizer="sgd", loss="binary_crossentropy")
+    assert isinstance(model._loss_tracker, keras.metrics.Mean)
+    assert model._loss_tracker in model.metrics  # reset and reported by Keras each epoch
+
+
 def test_probe_matches_numpy_bptt_on_a_keras_simple_rnn() -> None:
-    """The instrumentation agrees with first principles (the seed's numpy RNN)."""
+    """The instrumentation agrees with first principles (the reference numpy RNN)."""
     keras.utils.set_random_seed(3)
     inputs = keras.Input(shape=(15, 4))
     rnn = keras.layers.SimpleRNN(6, name="rnn_1")

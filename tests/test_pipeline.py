@@ -108,3 +108,54 @@ def test_repro_download_and_tokenize_all_tasks(project) -> None:
     assert "Running stage 'tokenize@translation'" in changed
     assert changed.count("Running stage") == 1
     assert stage_runs(client).count(("tokenize", "translation")) == 2
+
+
+TINY_TRANSLATION = {
+    "train.translation.units": 8,
+    "train.translation.embedding_dim": 8,
+    "train.translation.max_len": 16,
+    "train.translation.epochs": 1,
+    "train.translation.max_steps_per_epoch": 5,
+    "train.translation.log_every_n_steps": 2,
+    "train.translation.probe_batch_size": 4,
+    "train.translation.report_examples": 2,
+    "evaluate.translation.beam_size": 2,
+    "evaluate.translation.decode_max_len": 10,
+}
+
+
+def set_params(repo: Path, overrides: dict[str, object]) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    for key, value in overrides.items():
+        set_key(params, key, value)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def ran(output: str) -> list[str]:
+    return [line.split("'")[1] for line in output.splitlines() if "Running stage '" in line]
+
+
+def test_evaluate_params_rerun_evaluation_only_and_train_params_both(tmp_path: Path) -> None:
+    """Real repro on tiny data: a beam size costs an evaluation, a train key a retraining."""
+    repo, env = make_project(tmp_path, TINY_TRANSLATION)
+    first = run(["dvc", "repro", "evaluate_translation"], repo, env)
+    assert ran(first)[-2:] == ["train_translation", "evaluate_translation"]
+
+    set_params(repo, {"evaluate.translation.beam_size": 3})
+    assert ran(run(["dvc", "repro", "evaluate_translation"], repo, env)) == ["evaluate_translation"]
+
+    set_params(repo, {"train.translation.units": 10})
+    again = ran(run(["dvc", "repro", "evaluate_translation"], repo, env))
+    assert again == ["train_translation", "evaluate_translation"]
+
+    # Each evaluation is a child run of its training run, with the params it used.
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("translation").experiment_id
+    evaluations = client.search_runs(
+        [experiment], filter_string="tags.`pipeline.stage` = 'evaluate'", order_by=["start_time"]
+    )
+    assert [r.data.params["evaluate.beam_size"] for r in evaluations] == ["2", "3", "3"]
+    parents = [r.data.tags["mlflow.parentRunId"] for r in evaluations]
+    assert parents[0] == parents[1] != parents[2]
+    for r in evaluations:
+        assert r.info.status == "FINISHED" and "test.bleu_beam" in r.data.metrics

@@ -78,11 +78,17 @@ def test_git_state_reports_commit_and_dirty(tmp_path: Path) -> None:
         "GIT_COMMITTER_EMAIL": "t@t",
         "PATH": "/usr/bin:/bin",
     }
-    (tmp_path / "f").write_text("1")
-    for args in (["init", "-q"], ["add", "f"], ["commit", "-qm", "x"]):
+    dvc_owned = ["dvc.lock", "metrics/m.json", "plots/p.json", "models/.gitignore"]
+    for name in ["f", *dvc_owned]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("1")
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, env=env)
     state = git_state(tmp_path)
     assert len(state["mlflow.source.git.commit"]) == 40 and state["pipeline.git_dirty"] == "false"
+    for name in dvc_owned:  # what `dvc repro` rewrites mid-pipeline is not the user's change
+        (tmp_path / name).write_text("2")
+    assert git_state(tmp_path)["pipeline.git_dirty"] == "false"
     (tmp_path / "f").write_text("2")
     assert git_state(tmp_path)["pipeline.git_dirty"] == "true"
 

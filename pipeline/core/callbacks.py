@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from pipeline.core.gradients import BATCH_LOSS, is_epoch_metric
 from pipeline.core.gradients import GLOBAL as GLOBAL_NORM
 from pipeline.core.gradients import PREFIX as GRAD_PREFIX
 from pipeline.core.tracking import StageRun
@@ -84,14 +85,14 @@ class MlflowMetrics(StepCallback):
         if step % self.every and step != 1:
             return
         norms = {k: float(v) for k, v in (logs or {}).items() if k.startswith(GRAD_PREFIX)}
-        norms["train/loss"] = float(logs["loss"]) if logs and "loss" in logs else math.nan
+        norms["train/loss"] = float(logs[BATCH_LOSS]) if logs and BATCH_LOSS in logs else math.nan
         with self.lock:
             if step > self.logged.steps:
                 self.run.log_metrics(norms, step=step)
             self.step_rows.append({"step": step, **norms})
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        values = {k: float(v) for k, v in (logs or {}).items() if not k.startswith(GRAD_PREFIX)}
+        values = {k: float(v) for k, v in (logs or {}).items() if is_epoch_metric(k)}
         if epoch + 1 > self.logged.epochs:
             self.run.log_metrics(values, step=epoch + 1)
         self.epoch_rows.append({"epoch": epoch + 1, **values})

@@ -1,6 +1,6 @@
 """On-disk formats shared by the stages.
 
-Downloaded data: `{split}.jsonl`, one JSON object per line (see `download.py`).
+Downloaded data: `{split}.jsonl`, one JSON object per line (see `pipeline/download.py`).
 Tokenized data: `{split}.npz` holding ragged integer sequences as `<field>_ids` (all sequences
 concatenated, int32) plus `<field>_offsets` (int64, length n+1), and any per-example arrays
 (e.g. `labels`). Ragged storage keeps files small and lets training choose `max_len` later.

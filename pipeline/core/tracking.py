@@ -40,8 +40,18 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# Files `dvc repro` itself rewrites mid-pipeline: they do not make the user's code dirty.
+DVC_OWNED = (
+    ".",
+    ":(exclude)dvc.lock",
+    ":(exclude,glob)**/.gitignore",
+    ":(exclude)metrics",
+    ":(exclude)plots",
+)
+
+
 def git_state(cwd: Path | None = None) -> dict[str, str]:
-    """Return the commit and dirty flag, or nothing outside a git checkout."""
+    """Return the commit and whether the user's files differ from it (DVC's own do not count)."""
 
     def git(*args: str) -> str:
         done = subprocess.run(
@@ -51,7 +61,7 @@ def git_state(cwd: Path | None = None) -> dict[str, str]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", *DVC_OWNED))
     except (OSError, subprocess.SubprocessError):
         return {}
     return {"mlflow.source.git.commit": commit, "pipeline.git_dirty": str(dirty).lower()}

@@ -32,7 +32,7 @@ from pipeline.core.callbacks import (
     Reporter,
 )
 from pipeline.core.corpus import MODEL_FILE, RUN_FILE, write_json
-from pipeline.core.gradients import InstrumentedModel
+from pipeline.core.gradients import InstrumentedModel, is_epoch_metric
 from pipeline.core.tracking import StageRun
 from pipeline.params import TrainParams
 
@@ -212,7 +212,7 @@ def fit(
             "lower train.*.learning_rate or set clip_norm"
         )
     steps = int(model.optimizer.iterations.numpy())
-    final = {k: float(v[-1]) for k, v in history.history.items() if not k.startswith("grad_")}
+    final = {k: float(v[-1]) for k, v in history.history.items() if is_epoch_metric(k)}
     final |= {
         "train_seconds": seconds,
         "steps": float(steps),

@@ -9,7 +9,7 @@ from pipeline.params import ClassificationTrain
 
 
 def build_classifier(cfg: ClassificationTrain, vocab_size: int) -> keras.Model:
-    """Build the seed's Embedding -> RNN -> Dense(sigmoid) model, extended by params."""
+    """Build Embedding -> recurrent block -> Dense(sigmoid), shaped by params."""
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     # Masked embedding: post-padded reviews end at their last real token.
     x = token_embedding(vocab_size, cfg.embedding_dim)(tokens)

@@ -17,6 +17,9 @@ from pipeline.core.corpus import MODEL_FILE, SOURCE_TOKENIZER, TARGET_TOKENIZER
 from pipeline.tasks.translation.decoding import Hypothesis, KerasStepModel, decode_sequences
 from pipeline.tasks.translation.model import Seq2Seq, seq2seq_from_model
 
+# Defaults for callers without params (the evaluate stage passes evaluate.translation's).
+DECODE_MAX_LEN, LENGTH_PENALTY = 40, 0.6
+
 
 @dataclass(frozen=True)
 class Translator:
@@ -42,7 +45,7 @@ class Translator:
         sources: Sequence[np.ndarray],
         beam_size: int,
         max_len: int,
-        length_penalty: float = 0.6,
+        length_penalty: float = LENGTH_PENALTY,
         batch_size: int = 64,
     ) -> list[Hypothesis]:
         """Translate source id sequences (greedy when beam_size is 1)."""
@@ -69,8 +72,8 @@ def translate_texts(
     translator: Translator,
     sentences: Sequence[str],
     beam_size: int = 4,
-    max_len: int = 40,
-    length_penalty: float = 0.6,
+    max_len: int = DECODE_MAX_LEN,
+    length_penalty: float = LENGTH_PENALTY,
 ) -> list[str]:
     """Translate raw sentences; blank ones come back as empty strings without decoding."""
     texts = [sentence.strip() for sentence in sentences]
@@ -87,8 +90,8 @@ def translate(
     model_dir: Path,
     sentences: list[str],
     beam_size: int = 4,
-    max_len: int = 40,
-    length_penalty: float = 0.6,
+    max_len: int = DECODE_MAX_LEN,
+    length_penalty: float = LENGTH_PENALTY,
 ) -> list[str]:
     """Load `model_dir` and translate German sentences to English."""
     return translate_texts(
