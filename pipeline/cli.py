@@ -271,7 +271,8 @@ def compare(
         str | None, typer.Option(help="Only runs of this DVC experiment (tag dvc.exp_name).")
     ] = None,
     last: Annotated[
-        int | None, typer.Option(min=1, help="Only the N newest runs that pass the filters.")
+        int | None,
+        typer.Option(min=1, help="Only the N newest rows (evaluations) that pass the filters."),
     ] = None,
     out: Annotated[
         Path | None, typer.Option(help="Report directory (default: reports/compare/TASK).")

@@ -1,9 +1,12 @@
 """Compare training runs of one task: what differs, how they scored, how their gradients flowed.
 
-Runs are read back from MLflow (the training run also carries the evaluate stage's test
-metrics). The comparison is a table (only the params that differ, beside the architecture) and a
-self-contained HTML report with overlaid loss, gradient-norm and gradient-flow curves; both are
-logged as artifacts of a `compare` run in the task's experiment, so a comparison is itself tracked.
+Runs are read back from MLflow. Each row pairs a training run with one of its evaluation runs
+(children tagged `pipeline.train_run_id`), so evaluating one model with several beam sizes gives
+one row each and `evaluate.beam_size` shows up among the differing params; a training run never
+evaluated gives one row of its own. The comparison is a table (only the params that differ,
+beside the architecture) and a self-contained HTML report with overlaid loss, gradient-norm and
+gradient-flow curves (one line per training run); both are logged as artifacts of a `compare`
+run in the task's experiment, so a comparison is itself tracked.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.tracking import stage_run
+from pipeline.evaluate import TRAIN_RUN_TAG
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,9 @@ METRIC_PREFIXES = ("val_", "test.", "baseline.")
 GRADIENT_PREFIXES = ("grad_horizon/", "grad_log_ratio/")
 TIMING_METRICS = ("final.train_seconds", "final.samples_per_second")
 FLOW_PREFIX = "grad_flow/"
+EVALUATE_PARAM_PREFIX = "evaluate."
+EVALUATE_METRIC_PREFIXES = ("test.", "baseline.", "val.")  # copied onto the training run
+EXP_TAG = "dvc.exp_name"
 SHORT_ID = 8
 MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
 SEARCH_PAGE = 1000
@@ -67,6 +74,45 @@ class RunFilters:
 
 
 @dataclass(frozen=True)
+class RunPair:
+    """One row of the comparison: a training run and one evaluation of it (None: not evaluated)."""
+
+    train: Run
+    evaluation: Run | None = None
+
+    @property
+    def params(self) -> dict[str, str]:
+        """Training params plus the evaluation's own settings, so decoding knobs can differ."""
+        if self.evaluation is None:
+            return dict(self.train.data.params)
+        evaluated = self.evaluation.data.params.items()
+        return self.train.data.params | {
+            k: v for k, v in evaluated if k.startswith(EVALUATE_PARAM_PREFIX)
+        }
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Training metrics plus this evaluation's scores, not the latest copy on the train run."""
+        if self.evaluation is None:
+            return dict(self.train.data.metrics)
+        trained = self.train.data.metrics.items()
+        own = {k: v for k, v in trained if not k.startswith(EVALUATE_METRIC_PREFIXES)}
+        return own | self.evaluation.data.metrics
+
+    @property
+    def dvc_exp(self) -> str | None:
+        """The DVC experiment that produced the row: an evaluation-only one names its own."""
+        if self.evaluation is not None and EXP_TAG in self.evaluation.data.tags:
+            return self.evaluation.data.tags[EXP_TAG]
+        return self.train.data.tags.get(EXP_TAG)
+
+    @property
+    def start_time(self) -> int:
+        """When the row's newest run started, so `--last` keeps the latest results."""
+        return (self.evaluation or self.train).info.start_time or 0
+
+
+@dataclass(frozen=True)
 class CompareResult:
     """What `run_compare` produced and where it went."""
 
@@ -76,6 +122,7 @@ class CompareResult:
     table: str
     report: Path
     files: list[Path] = field(default_factory=list)
+    pairs: list[RunPair] = field(default_factory=list)
 
 
 # --- selecting runs ------------------------------------------------------------------------
@@ -92,20 +139,80 @@ def select_runs(
     finished_only: bool = True,
 ) -> list[Run]:
     """Return the task's training runs, newest first, that pass every given filter."""
-    if last is not None and last < 1:
-        raise CompareError(f"--last must be at least 1, got {last}")
+    check_last(last)
     experiment = client.get_experiment_by_name(task)
     if experiment is None:
         return []
-    runs = _search_train_runs(client, experiment.experiment_id, finished_only)
+    runs = _search_stage_runs(client, [experiment.experiment_id], "train", finished_only)
     if tag:
         key, value = parse_tag(tag)
         runs = [r for r in runs if r.data.tags.get(key) == value]
     if dvc_exp:
-        runs = [r for r in runs if r.data.tags.get("dvc.exp_name") == dvc_exp]
+        runs = [r for r in runs if r.data.tags.get(EXP_TAG) == dvc_exp]
     if run_ids:
         runs = _match_ids(runs, run_ids)
     return runs[:last] if last is not None else runs
+
+
+def check_last(last: int | None) -> None:
+    """Reject `--last 0` up front, rather than comparing nothing."""
+    if last is not None and last < 1:
+        raise CompareError(f"--last must be at least 1, got {last}")
+
+
+def select_pairs(client: MlflowClient, task: str, filters: RunFilters) -> list[RunPair]:
+    """Select training runs, pair them with their evaluations; `last` counts rows, not runs.
+
+    `dvc_exp` filters rows: an evaluation-only experiment (say, a beam size) names the
+    evaluation run, not the training run it reused.
+    """
+    check_last(filters.last)
+    runs = select_runs(
+        client,
+        task,
+        run_ids=filters.run_ids,
+        tag=filters.tag,
+        finished_only=filters.finished_only,
+    )
+    pairs = pair_evaluations(client, runs)
+    if filters.dvc_exp:
+        pairs = [pair for pair in pairs if pair.dvc_exp == filters.dvc_exp]
+    return pairs[: filters.last] if filters.last is not None else pairs
+
+
+def pair_evaluations(client: MlflowClient, runs: Sequence[Run]) -> list[RunPair]:
+    """One row per finished evaluation of each run (one bare row if none), newest first."""
+    found = _evaluations(client, runs)
+    pairs = [
+        RunPair(run, evaluation)
+        for run in runs
+        for evaluation in found.get(run.info.run_id) or [None]
+    ]
+    return sorted(pairs, key=lambda pair: pair.start_time, reverse=True)  # stable on ties
+
+
+def _evaluations(client: MlflowClient, runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Group the finished evaluate runs by the training run they scored, in one search."""
+    wanted = {run.info.run_id for run in runs}
+    experiments = sorted({run.info.experiment_id for run in runs})
+    found: dict[str, list[Run]] = {}
+    if not experiments:
+        return found
+    for evaluation in _search_stage_runs(client, experiments, "evaluate", finished_only=True):
+        train_id = evaluation.data.tags.get(TRAIN_RUN_TAG)
+        if train_id in wanted:
+            found.setdefault(train_id, []).append(evaluation)
+    return found
+
+
+def training_runs(pairs: Sequence[RunPair]) -> list[Run]:
+    """The distinct training runs behind the rows, in row order (curves are drawn per run)."""
+    return list({pair.train.info.run_id: pair.train for pair in pairs}.values())
+
+
+def as_pairs(items: Sequence[Run | RunPair]) -> list[RunPair]:
+    """Accept bare training runs too, each a row with its own metrics (no evaluation lookup)."""
+    return [item if isinstance(item, RunPair) else RunPair(item) for item in items]
 
 
 def parse_tag(tag: str) -> tuple[str, str]:
@@ -116,16 +223,18 @@ def parse_tag(tag: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
-def _search_train_runs(client: MlflowClient, experiment_id: str, finished_only: bool) -> list[Run]:
-    """Page through the training runs; tags and ids are matched locally (no quoting rules)."""
-    query = "tags.`pipeline.stage` = 'train'"
+def _search_stage_runs(
+    client: MlflowClient, experiment_ids: list[str], stage: str, finished_only: bool
+) -> list[Run]:
+    """Page through one stage's runs; tags and ids are matched locally (no quoting rules)."""
+    query = f"tags.`pipeline.stage` = '{stage}'"
     if finished_only:
         query += " and attributes.status = 'FINISHED'"
     runs: list[Run] = []
     token: str | None = None
     while True:
         page = client.search_runs(
-            [experiment_id],
+            experiment_ids,
             filter_string=query,
             max_results=SEARCH_PAGE,
             order_by=["attributes.start_time DESC"],
@@ -153,15 +262,16 @@ def _match_ids(runs: list[Run], wanted: Sequence[str]) -> list[Run]:
 # --- the table -----------------------------------------------------------------------------
 
 
-def differing_params(runs: Sequence[Run]) -> list[str]:
-    """List params whose values are not the same in every run (a missing param counts)."""
-    keys = sorted({key for run in runs for key in run.data.params})
-    return [k for k in keys if len({run.data.params.get(k) for run in runs}) > 1]
+def differing_params(runs: Sequence[Run | RunPair]) -> list[str]:
+    """List params whose values are not the same in every row (a missing param counts)."""
+    params = [pair.params for pair in as_pairs(runs)]
+    keys = sorted({key for row in params for key in row})
+    return [k for k in keys if len({row.get(k) for row in params}) > 1]
 
 
-def metric_columns(runs: Sequence[Run]) -> list[str]:
-    """Order the known metric keys that any run has: validation, test, baseline, gradients."""
-    present = {key for run in runs for key in run.data.metrics}
+def metric_columns(runs: Sequence[Run | RunPair]) -> list[str]:
+    """Order the known metric keys that any row has: validation, test, baseline, gradients."""
+    present = {key for pair in as_pairs(runs) for key in pair.metrics}
     first = [k for k in FIRST_METRICS if k in present]
     scored = [
         k
@@ -176,20 +286,31 @@ def metric_columns(runs: Sequence[Run]) -> list[str]:
     return first + scored + gradient + [k for k in TIMING_METRICS if k in present]
 
 
-def comparison_table(runs: Sequence[Run]) -> list[Row]:
-    """Build one row per run: identity, architecture, differing params, then metrics."""
-    differing = [k for k in differing_params(runs) if k not in ALWAYS_PARAMS]
-    metrics = metric_columns(runs)
-    with_exp = any("dvc.exp_name" in run.data.tags for run in runs)
+def comparison_table(runs: Sequence[Run | RunPair]) -> list[Row]:
+    """Build one row per run or evaluation: identity, architecture, differing params, metrics."""
+    pairs = as_pairs(runs)
+    differing = [k for k in differing_params(pairs) if k not in ALWAYS_PARAMS]
+    metrics = metric_columns(pairs)
+    with_eval = any(pair.evaluation is not None for pair in pairs)
+    with_exp = any(pair.dvc_exp is not None for pair in pairs)
     rows = []
-    for run in runs:
-        row: Row = {"run": run.info.run_name, "id": run.info.run_id[:SHORT_ID]}
-        if with_exp:
-            row["dvc_exp"] = run.data.tags.get("dvc.exp_name")
-        row |= {k: run.data.params.get(k) for k in (*ALWAYS_PARAMS, *differing)}
-        row |= {k: run.data.metrics.get(k) for k in metrics}
+    for pair in pairs:
+        row = _identity(pair, with_eval, with_exp)
+        params, scores = pair.params, pair.metrics
+        row |= {k: params.get(k) for k in (*ALWAYS_PARAMS, *differing)}
+        row |= {k: scores.get(k) for k in metrics}
         rows.append(row)
     return rows
+
+
+def _identity(pair: RunPair, with_eval: bool, with_exp: bool) -> Row:
+    """Name a row's runs; the columns appear only when some row has a value for them."""
+    row: Row = {"run": pair.train.info.run_name, "id": pair.train.info.run_id[:SHORT_ID]}
+    if with_eval:
+        row["eval_id"] = pair.evaluation.info.run_id[:SHORT_ID] if pair.evaluation else None
+    if with_exp:
+        row["dvc_exp"] = pair.dvc_exp
+    return row
 
 
 def format_cell(value: Any) -> str:
@@ -241,7 +362,7 @@ def _looks_numeric(text: str) -> bool:
 
 
 def comparison_json(
-    task: str, filters: RunFilters, runs: Sequence[Run], rows: Sequence[Row]
+    task: str, filters: RunFilters, pairs: Sequence[RunPair], rows: Sequence[Row]
 ) -> str:
     """Serialise the comparison as strict JSON (NaN/inf become null) with the full run ids."""
 
@@ -251,7 +372,8 @@ def comparison_json(
     document = {
         "task": task,
         "filters": asdict(filters),
-        "run_ids": [run.info.run_id for run in runs],
+        "run_ids": [run.info.run_id for run in training_runs(pairs)],
+        "evaluation_run_ids": [p.evaluation.info.run_id if p.evaluation else None for p in pairs],
         "rows": [{k: clean(v) for k, v in row.items()} for row in rows],
     }
     return json.dumps(document, indent=2)
@@ -407,18 +529,22 @@ def render_html(title: str, meta: str, rows: Sequence[Row], images: dict[str, st
     )
 
 
-def write_report(client: MlflowClient, runs: Sequence[Run], path: Path) -> Path:
-    """Write the HTML comparison of `runs` (table and overlaid curves) to `path`."""
-    curves = [fetch_curves(client, run) for run in runs]
+def write_report(client: MlflowClient, runs: Sequence[Run | RunPair], path: Path) -> Path:
+    """Write the HTML comparison (table, and curves once per training run) to `path`."""
+    pairs = as_pairs(runs)
+    trained = training_runs(pairs)
+    curves = [fetch_curves(client, run) for run in trained]
     images = {
         "Loss per epoch": figure_base64(plot_losses(curves)),
         "Global gradient norm per step": figure_base64(plot_grad_norms(curves)),
         "Gradient flow through time (final epoch)": figure_base64(plot_grad_flow(curves)),
     }
-    task = runs[0].data.tags.get("pipeline.task", "?") if runs else "?"
+    task = trained[0].data.tags.get("pipeline.task", "?") if trained else "?"
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    meta = f"{len(runs)} training runs from {client.tracking_uri}, {stamp}"
-    page = render_html(f"Comparison of {task} runs", meta, comparison_table(runs), images)
+    evaluated = sum(pair.evaluation is not None for pair in pairs)
+    meta = f"{len(trained)} training runs, {evaluated} evaluation runs"
+    meta += f" from {client.tracking_uri}, {stamp}"
+    page = render_html(f"Comparison of {task} runs", meta, comparison_table(pairs), images)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
@@ -430,46 +556,51 @@ def write_report(client: MlflowClient, runs: Sequence[Run], path: Path) -> Path:
 def run_compare(
     task: str, client: MlflowClient, filters: RunFilters, out_dir: Path
 ) -> CompareResult:
-    """Select runs, write the table and report, and log them to a new `compare` MLflow run."""
-    runs = select_runs(
-        client,
-        task,
-        run_ids=filters.run_ids,
-        tag=filters.tag,
-        dvc_exp=filters.dvc_exp,
-        last=filters.last,
-        finished_only=filters.finished_only,
-    )
-    if not runs:
+    """Select rows, write the table and report, and log them to a new `compare` MLflow run."""
+    pairs = select_pairs(client, task, filters)
+    if not pairs:
         state = "finished " if filters.finished_only else ""
         where = f" ({filters.describe()})" if filters.describe() else ""
         raise CompareError(
             f"no {state}training runs of {task} match{where} in {client.tracking_uri}; "
             f"train first (`python -m pipeline train {task} ...`) or relax the filters"
         )
-    rows = comparison_table(runs)
+    rows = comparison_table(pairs)
     table = format_table(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [out_dir / "compare.txt", out_dir / "compare.json"]
     files[0].write_text(table + "\n", encoding="utf-8")
-    files[1].write_text(comparison_json(task, filters, runs, rows) + "\n", encoding="utf-8")
-    report = write_report(client, runs, out_dir / "compare.html")
-    run_id = _log_compare_run(task, client, filters, runs, [report, *files])
-    return CompareResult(run_id, runs, rows, table, report, [report, *files])
+    files[1].write_text(comparison_json(task, filters, pairs, rows) + "\n", encoding="utf-8")
+    report = write_report(client, pairs, out_dir / "compare.html")
+    run_id = _log_compare_run(task, client, filters, pairs, [report, *files])
+    runs = training_runs(pairs)
+    return CompareResult(run_id, runs, rows, table, report, [report, *files], pairs)
 
 
 def _log_compare_run(
-    task: str, client: MlflowClient, filters: RunFilters, runs: Sequence[Run], files: list[Path]
+    task: str,
+    client: MlflowClient,
+    filters: RunFilters,
+    pairs: Sequence[RunPair],
+    files: list[Path],
 ) -> str:
     """Track the comparison itself: its filters, the runs it covered and its files."""
-    ids = ",".join(run.info.run_id for run in runs)
-    if len(ids) > MAX_TAG_LENGTH:  # the full list is in compare.json
-        ids = ids[: MAX_TAG_LENGTH - 3] + "..."
+    runs = training_runs(pairs)
+    evaluations = [pair.evaluation.info.run_id for pair in pairs if pair.evaluation]
+    tags = {"compare.run_ids": _id_list([run.info.run_id for run in runs])}
+    if evaluations:
+        tags["compare.evaluation_run_ids"] = _id_list(evaluations)
     params = asdict(filters) | {"run_ids": ",".join(filters.run_ids)}
     with stage_run(task, "compare", params, client=client) as run:
-        run.set_tags({"compare.run_ids": ids})
-        run.log_metrics({"compare.runs": float(len(runs))})
+        run.set_tags(tags)
+        run.log_metrics({"compare.runs": float(len(runs)), "compare.rows": float(len(pairs))})
         for path in files:
             run.log_artifact(path)
-    log.info("compared %d runs of %s in MLflow run %s", len(runs), task, run.run_id)
+    log.info("compared %d rows of %s in MLflow run %s", len(pairs), task, run.run_id)
     return run.run_id
+
+
+def _id_list(ids: Sequence[str]) -> str:
+    """Join run ids into one tag value, cut to MLflow's limit (the full list is in the JSON)."""
+    joined = ",".join(ids)
+    return joined if len(joined) <= MAX_TAG_LENGTH else joined[: MAX_TAG_LENGTH - 3] + "..."

@@ -31,6 +31,7 @@ from pipeline.compare import (
     write_report,
 )
 from pipeline.core.tracking import stage_run
+from pipeline.evaluate import PARENT_TAG, TRAIN_RUN_TAG
 from tests.conftest import set_key
 from tests.test_train import TINY_TRAIN, train_args
 
@@ -238,3 +239,56 @@ def test_unfinished_runs_partial_differences_and_bad_filters(mlflow_uri: str) ->
     assert rows[0]["test.f1"] is None  # a metric one run lacks is blank, not an error
     lines = format_table(rows).splitlines()
     assert lines[2].split()[-2:] == ["nan", "-"] and lines[3].split()[-2:] == ["0.4", "0.8"]
+
+
+def fake_evaluation(train_id: str, beam_size: int, f1: float, fail: bool = False) -> str:
+    """Log an evaluate child run of `train_id` as `evaluate_and_log` does, without a model."""
+    params = {"evaluate": {"beam_size": beam_size, "length_penalty": 0.6}}
+    try:
+        with stage_run(TASK, "evaluate", params) as run:
+            run.set_tags({PARENT_TAG: train_id, TRAIN_RUN_TAG: train_id})
+            run.log_metrics({"test.f1": f1, "baseline.f1": 0.5})
+            if fail:
+                raise RuntimeError("out of memory")
+    except RuntimeError:
+        pass
+    return run.run_id
+
+
+def test_each_evaluation_of_a_run_is_a_row_with_its_settings(
+    mlflow_uri: str, tmp_path: Path
+) -> None:
+    arch = {"cell": "gru", "units": 8, "num_layers": 1, "bidirectional": False}
+    bare = fake_train_run({**arch, "dropout": 0.1}, {"loss": 0.7, "val_loss": 0.6, "test.f1": 0.4})
+    # The training run also holds the latest evaluation's scores (here a stale copy, 0.1).
+    train = fake_train_run({**arch, "dropout": 0.1}, {"loss": 0.6, "val_loss": 0.5, "test.f1": 0.1})
+    beam1 = fake_evaluation(train, 1, 0.6)
+    beam4 = fake_evaluation(train, 4, 0.7)
+    fake_evaluation(train, 8, 0.9, fail=True)  # not finished: no row
+    client = MlflowClient(mlflow_uri)
+
+    result = run_compare(TASK, client, RunFilters(run_ids=(train[:8],)), tmp_path / "one")
+    assert ids_of(result.runs) == [train] and len(result.rows) == 2
+    by_beam = {row["evaluate.beam_size"]: row for row in result.rows}
+    assert by_beam["1"]["eval_id"] == beam1[:8] and by_beam["4"]["eval_id"] == beam4[:8]
+    assert by_beam["1"]["test.f1"] == 0.6 and by_beam["4"]["test.f1"] == 0.7  # not the copy
+    assert all(row["val_loss"] == 0.5 and row["id"] == train[:8] for row in result.rows)
+    assert differing_params(result.pairs) == ["evaluate.beam_size"]  # not length_penalty
+    assert list(result.rows[0])[:3] == ["run", "id", "eval_id"]
+    printed = {line.split()[0]: line.split()[1:] for line in result.table.splitlines()}
+    assert sorted(printed["evaluate.beam_size"]) == ["1", "4"]  # a column per row
+    page = result.report.read_text(encoding="utf-8")
+    assert page.count("<tr>") == 1 + 2 and "1 training runs, 2 evaluation runs" in page
+    saved = json.loads((tmp_path / "one" / "compare.json").read_text())
+    assert saved["run_ids"] == [train] and set(saved["evaluation_run_ids"]) == {beam1, beam4}
+    tags = client.get_run(result.run_id).data.tags
+    assert set(tags["compare.evaluation_run_ids"].split(",")) == {beam1, beam4}
+
+    everything = run_compare(TASK, client, RunFilters(), tmp_path / "all")
+    assert ids_of(everything.runs) == [train, bare]  # one curve per training run
+    assert [row["id"] for row in everything.rows] == [train[:8], train[:8], bare[:8]]
+    unevaluated = everything.rows[-1]  # one row of its own, with its own scores
+    assert unevaluated["eval_id"] is None and unevaluated["evaluate.beam_size"] is None
+    assert unevaluated["test.f1"] == 0.4
+    newest = run_compare(TASK, client, RunFilters(last=2), tmp_path / "last")
+    assert {row["eval_id"] for row in newest.rows} == {beam1[:8], beam4[:8]}  # rows, not runs

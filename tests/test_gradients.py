@@ -68,6 +68,12 @@ def test_train_step_reports_the_true_norms_per_layer() -> None:
         assert float(logs[key]) == pytest.approx(value, rel=1e-4), key
 
 
+def update_size(model: keras.Model, before: list[np.ndarray]) -> float:
+    """L2 norm of the change of all trainable weights since `before`."""
+    changes = zip(model.trainable_variables, before, strict=True)
+    return float(np.sqrt(sum(np.sum((v.numpy() - b) ** 2) for v, b in changes)))
+
+
 def test_clipping_scales_the_update_to_the_global_norm() -> None:
     keras.utils.set_random_seed(2)
     plain = build_classifier(TINY, vocab_size=20)
@@ -79,12 +85,7 @@ def test_clipping_scales_the_update_to_the_global_norm() -> None:
     logs = model.train_on_batch(x, y, return_dict=True)
     assert float(logs[GLOBAL]) == pytest.approx(norm, rel=1e-4)
     assert float(logs[CLIPPED]) == pytest.approx(norm / 10, rel=1e-4)
-    step = np.sqrt(
-        sum(
-            np.sum((v.numpy() - b) ** 2)
-            for v, b in zip(plain.trainable_variables, before, strict=True)
-        )
-    )
+    step = update_size(plain, before)
     assert step == pytest.approx(norm / 10, rel=1e-3)  # SGD(1): the update is the clipped grad
 
 
@@ -99,12 +100,7 @@ def test_clipping_leaves_a_gradient_below_the_threshold_alone() -> None:
     model.compile(optimizer=keras.optimizers.SGD(1.0), loss="binary_crossentropy")
     logs = model.train_on_batch(x, y, return_dict=True)
     assert float(logs[CLIPPED]) == pytest.approx(norm, rel=1e-4)
-    step = np.sqrt(
-        sum(
-            np.sum((v.numpy() - b) ** 2)
-            for v, b in zip(plain.trainable_variables, before, strict=True)
-        )
-    )
+    step = update_size(plain, before)
     assert step == pytest.approx(norm, rel=1e-3)
 
 

@@ -89,8 +89,12 @@ def test_every_stage_logs_one_finished_run_with_its_params(
     pipeline_on_server: PipelineOnServer,
 ) -> None:
     runs = pipeline_on_server.runs()
-    assert sorted(runs) == ["download", "tokenize", "train"]  # evaluate logs into train
+    assert sorted(runs) == ["download", "evaluate", "tokenize", "train"]
     assert {run.info.status for run in runs.values()} == {"FINISHED"}
+    evaluation = runs["evaluate"].data
+    assert evaluation.tags["mlflow.parentRunId"] == runs["train"].info.run_id  # nested in the UI
+    assert "evaluate.baseline_c" in evaluation.params
+    assert 0.0 <= evaluation.metrics["test.accuracy"] <= 1.0
     assert runs["download"].data.params["max_examples"] == "600"
     assert runs["tokenize"].data.params["vocab_size"] == "400"
     train = runs["train"].data
@@ -118,7 +122,7 @@ def test_artifacts_round_trip_through_the_server(
         assert (model / name).read_bytes() == (work / "out" / "model" / name).read_bytes()
     flow = {p.name for p in fetch(uri, runs["train"], "grad_flow", tmp_path).iterdir()}
     assert {"epoch_001.json", "epoch_002.json", "grad_flow.png"} <= flow
-    predictions = fetch(uri, runs["train"], "evaluation", tmp_path) / "predictions.csv"
+    predictions = fetch(uri, runs["evaluate"], "evaluation", tmp_path) / "predictions.csv"
     assert predictions.read_text() == (work / "reports" / "predictions.csv").read_text()
     assert fetch(uri, runs["download"], "manifest.json", tmp_path / "download").is_file()
     assert (fetch(uri, runs["tokenize"], "tokenizer", tmp_path / "tok") / "spm.model").is_file()

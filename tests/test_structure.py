@@ -188,7 +188,6 @@ def test_editing_a_module_marks_exactly_the_stages_that_import_it(
         assert _stale_stages(project) == expected
     finally:
         path.write_text(original, encoding="utf-8")
-    assert _stale_stages(project) == set()
 
 
 def _would_run(project: Path, key: str, old: str, new: str) -> list[str]:
