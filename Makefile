@@ -15,7 +15,8 @@ $(BIN)/.installed: pyproject.toml uv.lock
 
 setup: $(BIN)/.installed  ## Create .venv with the pinned dependencies (uv.lock).
 
-repro: setup  ## Run the whole DVC pipeline on the default offline data.
+repro: setup  ## Run the whole DVC pipeline on the default offline data (params checked first).
+	python -m pipeline validate
 	dvc repro
 
 lint: setup

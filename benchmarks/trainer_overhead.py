@@ -24,6 +24,7 @@ from typing import Annotated
 import keras
 import tensorflow as tf
 import typer
+import yaml
 
 from pipeline.core.callbacks import GradientFlowLogger, MlflowMetrics
 from pipeline.core.gradient_flow import GradientFlowProbe
@@ -94,13 +95,18 @@ def measure(task: Task, cfg: TrainParams, data: Path, steps: int, repeats: int, 
     }
 
 
+def training_data(task: Task, dvc_yaml: Path = Path("dvc.yaml")) -> Path:
+    """The `--data` directory of the task's train stage in dvc.yaml (tokenized or featurized)."""
+    cmd = yaml.safe_load(dvc_yaml.read_text())["stages"][f"train_{task.value}"]["cmd"].split()
+    return Path(cmd[cmd.index("--data") + 1])
+
+
 def main(
     tasks: Annotated[
         list[Task] | None, typer.Option("--task", help="Tasks (default: all).")
     ] = None,
     steps: Annotated[int, typer.Option(help="Batches per timed epoch.")] = 40,
     repeats: Annotated[int, typer.Option(help="Timed epochs per variant (interleaved).")] = 5,
-    data_root: Annotated[Path, typer.Option(help="Tokenized data root.")] = Path("data/tokenized"),
     params: Annotated[Path, typer.Option(help="params.yaml")] = Path("params.yaml"),
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
@@ -111,7 +117,7 @@ def main(
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
         for task in tasks or list(Task):
             cfg = config.train.section(task)
-            result = measure(task, cfg, data_root / task.value, steps, repeats, Path(tmp))
+            result = measure(task, cfg, training_data(task), steps, repeats, Path(tmp))
             results[task.value] = result
             best = result["best_samples_per_s"]
             typer.echo(

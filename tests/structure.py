@@ -6,7 +6,8 @@ and the task's entry module `pipeline.tasks.<task>.<command>` that the stage loa
 From those roots every `import` counts, at any depth (a function-level import runs when the
 function does), except those under `if TYPE_CHECKING:`.
 
-`python -m tests.structure` prints each stage's expected code deps (to paste into dvc.yaml).
+`python -m tests.structure` prints each stage's expected code deps; `--write` puts them into
+dvc.yaml.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import ast
 import re
 import shlex
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,11 +157,45 @@ def code_deps(stage: dict) -> list[str]:
     return sorted(d for d in stage.get("deps", []) if d.startswith(f"{PACKAGE}/"))
 
 
-def main() -> None:
-    """Print each stage's expected code deps."""
+def expected_deps() -> dict[str, list[str]]:
+    """Expected code deps per dvc.yaml stage entry (a `foreach` entry shares one list)."""
+    expected: dict[str, list[str]] = {}
     for name, stage in dvc_stages().items():
+        files = stage_files(*command_of(stage))
+        base = name.split("@")[0]
+        if expected.setdefault(base, files) != files:
+            raise SystemExit(f"{base}: foreach items import different code; split the stage")
+    return expected
+
+
+def rewrite_deps(dvc_yaml: Path = ROOT / "dvc.yaml") -> None:
+    """Replace each stage's `- pipeline/...` dep lines with its import closure, in place."""
+    expected, out, current = expected_deps(), [], None
+    lines = dvc_yaml.read_text(encoding="utf-8").splitlines()
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        if match := re.match(r"^  (\w+):\s*$", line):
+            current = match.group(1)
+        if re.match(r"^\s+- pipeline/", line):
+            indent = line[: line.index("-")]
+            while index < len(lines) and re.match(r"^\s+- pipeline/", lines[index]):
+                index += 1
+            out += [f"{indent}- {path}" for path in expected[current]]
+            continue
+        out.append(line)
+        index += 1
+    dvc_yaml.write_text("\n".join(out) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    """Print each stage's expected code deps; `--write` puts them into dvc.yaml."""
+    if sys.argv[1:] == ["--write"]:
+        rewrite_deps()
+        return
+    for name, files in expected_deps().items():
         print(f"{name}:")
-        for path in stage_files(*command_of(stage)):
+        for path in files:
             print(f"  - {path}")
 
 

@@ -426,7 +426,7 @@ def test_short_read_is_retried(http_server, tmp_path):
 def test_retries_give_up_with_a_clear_error(http_server, tmp_path):
     data = aclimdb_tar(per_class=10)
     url = http_server.serve("/down.tar.gz", (500, b"oops"))
-    with pytest.raises(DownloadError, match="failed after 4 attempts: HTTP 500"):
+    with pytest.raises(DownloadError, match=r"failed after 4 attempts in \d+ s: HTTP 500"):
         run_download(
             Task.classification,
             classification_cfg(url, data),
@@ -750,3 +750,30 @@ def test_chunk_plain_text_cuts_contiguous_roughly_equal_parts():
     sizes = [len(chunk["text"]) for chunk in chunks]
     assert len(chunks) == 10 and max(sizes) < 1.2 * min(sizes)
     assert chunks[0]["text"].startswith("Paragraph 0 ") and "Paragraph 999" in chunks[-1]["text"]
+
+
+def test_a_source_that_never_answers_fails_within_the_deadline(tmp_path):
+    """Accepts the connection, never sends a byte: bounded by `deadline_s`, not 5 x timeout."""
+    import socket
+    import time
+
+    from pipeline.core.sources import FetchOptions
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/never.tar.gz"
+    started = time.monotonic()
+    try:
+        with pytest.raises(DownloadError, match=r"failed after \d+ attempts in [23] s: timed out"):
+            run_download(
+                Task.classification,
+                classification_cfg(url, b"x"),
+                tmp_path / "c",
+                tmp_path / "cache",
+                options=FetchOptions(retries=4, backoff_s=0.01, timeout_s=2, deadline_s=3),
+            )
+    finally:
+        silent.close()
+    assert time.monotonic() - started < 6
+    assert leftovers(tmp_path) == []

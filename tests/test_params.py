@@ -49,6 +49,33 @@ def test_repository_params_are_valid() -> None:
             "train.translation.bidirectional: expected a valid boolean",
         ),
         ("train.classification.unitz", 3, "train.classification.unitz: unknown key"),
+        # Values that used to slip through: coerced strings/booleans, huge seeds, inf, absurd rates.
+        ("train.classification.units", "8", "train.classification.units: expected a valid integer"),
+        (
+            "train.classification.epochs",
+            True,
+            "train.classification.epochs: expected a valid integer",
+        ),
+        (
+            "train.classification.bidirectional",
+            "yes",
+            "train.classification.bidirectional: expected a valid boolean",
+        ),
+        (
+            "train.classification.seed",
+            2**40,
+            "train.classification.seed: expected a value <= 4294967295",
+        ),
+        (
+            "train.classification.learning_rate",
+            float("inf"),
+            "learning_rate: expected a finite number",
+        ),
+        (
+            "tokenize.classification.vocab_size",
+            16,
+            "tokenize.classification.vocab_size: expected a value >= 32",
+        ),
         (
             "download.classification.source.sha256",
             "abc",
@@ -152,3 +179,32 @@ def test_bidirectional_language_model_is_rejected(write_params) -> None:
     assert caught.value.problems == [
         "train.language_model: bidirectional must be false: a language model may not see the future"
     ]
+
+
+def test_validate_checks_every_section_before_dvc_runs_anything(write_params) -> None:
+    """`make repro` runs `validate` first: a typo stops it before DVC deletes any output."""
+    assert runner.invoke(app, ["validate", "--params", str(write_params({}))]).exit_code == 0
+    result = runner.invoke(
+        app, ["validate", "--params", str(write_params({"train.classification.cell": "lstmm"}))]
+    )
+    assert result.exit_code == 2
+    assert "train.classification.cell: expected one of simple_rnn, lstm, gru, got 'lstmm'" in (
+        result.output
+    )
+
+
+def test_a_duplicated_key_is_an_error_not_a_silent_override(tmp_path: Path) -> None:
+    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace("train:\n", "train:\n  classification: {}\n", 1), encoding="utf-8")
+    with pytest.raises(ParamsError) as caught:
+        load_params(path)
+    assert "duplicate key 'classification'" in str(caught.value) and "line " in str(caught.value)
+
+
+def test_a_params_file_that_is_not_utf8_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_bytes((ROOT / "params.yaml").read_bytes() + "# caf\xe9\n".encode("latin-1"))
+    result = runner.invoke(app, ["validate", "--params", str(path)])
+    assert result.exit_code == 2
+    assert f"{path}: not UTF-8 text" in result.output

@@ -159,3 +159,59 @@ def test_evaluate_params_rerun_evaluation_only_and_train_params_both(tmp_path: P
     assert parents[0] == parents[1] != parents[2]
     for r in evaluations:
         assert r.info.status == "FINISHED" and "test.bleu_beam" in r.data.metrics
+
+
+TINY_CLASSIFIER = {
+    "train.classification.units": 8,
+    "train.classification.embedding_dim": 8,
+    "train.classification.max_len": 32,
+    "train.classification.epochs": 1,
+    "train.classification.max_steps_per_epoch": 5,
+    "train.classification.log_every_n_steps": 2,
+    "train.classification.probe_batch_size": 4,
+}
+
+
+def snapshot(repo: Path, folders: list[str]) -> dict[str, bytes]:
+    files = [p for folder in folders for p in sorted((repo / folder).rglob("*")) if p.is_file()]
+    return {str(p.relative_to(repo)): p.read_bytes() for p in files if p.name != ".gitignore"}
+
+
+def test_dvc_checkout_restores_every_output_after_a_failed_stage(tmp_path: Path) -> None:
+    """DVC deletes a stage's outputs before its command fails; `dvc checkout` brings back the
+    last good ones, metrics and plots included (they are in the DVC cache)."""
+    repo, env = make_project(tmp_path, TINY_CLASSIFIER)
+    run(["dvc", "repro", "train_classification"], repo, env)
+    outputs = ["models/classification", "plots/classification", "metrics/classification"]
+    good = snapshot(repo, outputs)
+    assert {"metrics/classification/train.json", "plots/classification/loss.json"} <= set(good)
+
+    set_params(repo, {"train.classification.cell": "lstmm"})
+    failed = subprocess.run(
+        ["dvc", "repro", "train_classification"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert failed.returncode != 0
+    assert not (repo / "models" / "classification").exists()  # what DVC does before the command
+
+    # (Plain `dvc checkout` restores every stage; here only this one was ever run.)
+    run(["dvc", "checkout", "train_classification"], repo, env)
+    assert snapshot(repo, outputs) == good
+
+
+def test_venv_prefixed_dvc_runs_stages_in_the_projects_environment(tmp_path: Path) -> None:
+    """`.venv/bin/dvc repro` works without activating the virtualenv: stage commands find the
+    project's interpreter, not a bare `python` from PATH."""
+    repo, env = make_project(tmp_path)
+    venv = Path(sys.executable).parents[1]
+    (repo / ".venv").symlink_to(venv, target_is_directory=True)
+    bare = {k: v for k, v in env.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    bare["PATH"] = "/usr/bin:/bin"
+    done = subprocess.run(
+        [str(venv / "bin" / "dvc"), "repro", "download@classification"],
+        cwd=repo,
+        env=bare,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (repo / "data" / "raw" / "classification" / "train.jsonl").is_file()

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.distribute import free_ports
@@ -27,6 +28,25 @@ def cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[s
     )
 
 
+def tokenize_cli(
+    cwd: Path, params: str | Path, uri: str, out: str = "tok", metrics: str = "m.json"
+) -> subprocess.CompletedProcess[str]:
+    """`tokenize classification` of `cwd/raw` as a user would run it."""
+    args = ["tokenize", "classification", "--data", "raw", "--out", out, "--metrics", metrics]
+    return cli([*args, "--params", str(params)], cwd, MLFLOW_TRACKING_URI=uri)
+
+
+def write_sonnet(raw: Path, label: int | None = None) -> None:
+    """Three splits of the sonnet's lines as reviews (labels alternate unless given)."""
+    from tests.test_tokenize import SONNET, write_jsonl
+
+    for split in ("train", "val", "test"):
+        rows = [
+            {"text": t, "label": i % 2 if label is None else label} for i, t in enumerate(SONNET)
+        ]
+        write_jsonl(raw / f"{split}.jsonl", rows)
+
+
 def test_unreachable_tracking_server_fails_fast_naming_the_uri(
     tmp_path: Path, write_params
 ) -> None:
@@ -34,27 +54,52 @@ def test_unreachable_tracking_server_fails_fast_naming_the_uri(
     (tmp_path / "raw").mkdir()
     (tmp_path / "raw" / "manifest.json").write_text("{}")
     started = time.monotonic()
-    done = cli(
-        [
-            "tokenize",
-            "classification",
-            "--data",
-            "raw",
-            "--out",
-            "tok",
-            "--metrics",
-            "m.json",
-            "--params",
-            str(write_params()),
-        ],
-        tmp_path,
-        MLFLOW_TRACKING_URI=uri,
-    )
+    done = tokenize_cli(tmp_path, write_params(), uri)
     assert time.monotonic() - started < 30
     assert done.returncode == 1
     assert uri in done.stderr and "unreachable" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "tok").exists() and not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [
+            "evaluate",
+            "classification",
+            "--model",
+            "model",
+            "--data",
+            "tok",
+            "--raw",
+            "raw",
+            "--reports",
+            "reports",
+            "--metrics",
+            "e.json",
+        ],
+        ["compare", "classification"],
+        ["predict", "classification", "great film", "--model-uri", "runs:/0123abcd/pyfunc"],
+    ],
+    ids=["evaluate", "compare", "predict"],
+)
+def test_every_command_that_talks_to_mlflow_fails_fast_when_it_is_down(
+    tmp_path: Path, write_params, args: list[str]
+) -> None:
+    uri = f"http://127.0.0.1:{free_ports(1)[0]}"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "train_run.json").write_text('{"run_id": "0123abcd"}')
+    started = time.monotonic()
+    done = cli(
+        [*args, "--params", str(write_params())] if args[0] != "compare" else args,
+        tmp_path,
+        MLFLOW_TRACKING_URI=uri,
+    )
+    assert time.monotonic() - started < 30  # not MLflow's ~4 minutes of retries
+    assert done.returncode == 1
+    assert uri in done.stderr and "unreachable" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "reports").exists() and not (tmp_path / "e.json").exists()
 
 
 def test_runs_of_dead_processes_are_marked_killed(mlflow_uri: str) -> None:
@@ -117,38 +162,32 @@ def test_missing_model_and_wrong_task_are_clear(tmp_path: Path, write_params) ->
 def test_unwritable_output_fails_the_run_cleanly(
     tmp_path: Path, mlflow_uri: str, write_params
 ) -> None:
-    from tests.test_tokenize import SONNET, write_jsonl
-
-    for split in ("train", "val", "test"):
-        write_jsonl(
-            tmp_path / "raw" / f"{split}.jsonl",
-            [{"text": line, "label": i % 2} for i, line in enumerate(SONNET)],
-        )
+    write_sonnet(tmp_path / "raw")
     (tmp_path / "raw" / "manifest.json").write_text("{}")
     (tmp_path / "blocker").write_text("a file where a directory should be")
     params = write_params({"tokenize.classification.vocab_size": 60})
-    done = cli(
-        [
-            "tokenize",
-            "classification",
-            "--data",
-            "raw",
-            "--out",
-            "blocker/tok",
-            "--metrics",
-            "m.json",
-            "--params",
-            str(params),
-        ],
-        tmp_path,
-        MLFLOW_TRACKING_URI=mlflow_uri,
-    )
+    done = tokenize_cli(tmp_path, str(params), mlflow_uri, "blocker/tok", "m.json")
     assert done.returncode == 1
-    assert "error: " in done.stderr and "blocker" in done.stderr
+    assert "error: cannot write blocker/tok" in done.stderr
     assert "Traceback" not in done.stderr
-    client = MlflowClient(mlflow_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("classification").experiment_id])
-    assert run.info.status == "FAILED"
+    # Checked before any work: no MLflow run, and no output (not even a tokenized directory
+    # when only the metrics path is unwritable).
+    assert MlflowClient(mlflow_uri).get_experiment_by_name("classification") is None
+    done = tokenize_cli(tmp_path, str(params), mlflow_uri, "tok", "blocker/m.json")
+    assert done.returncode == 1 and "error: cannot write blocker/m.json" in done.stderr
+    assert not (tmp_path / "tok").exists()
+
+
+def test_a_vocabulary_too_small_for_the_text_is_a_params_error(
+    tmp_path: Path, mlflow_uri: str, write_params
+) -> None:
+    write_sonnet(tmp_path / "raw", label=0)
+    (tmp_path / "raw" / "manifest.json").write_text("{}")
+    params = write_params({"tokenize.classification.vocab_size": 32})
+    done = tokenize_cli(tmp_path, params, mlflow_uri)
+    assert done.returncode == 2
+    assert "error: tokenize.classification.vocab_size: expected at least" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "tok").exists()
 
 
 def test_generate_and_translate_check_their_inputs(tmp_path: Path, write_params) -> None:
@@ -163,8 +202,125 @@ def test_generate_and_translate_check_their_inputs(tmp_path: Path, write_params)
     cold = runner.invoke(
         app, ["generate", "language_model", "--temperature", "0", "--params", params]
     )
-    assert cold.exit_code == 2 and "--temperature must be > 0" in cold.output
+    assert cold.exit_code == 2 and "--temperature must be a finite number > 0" in cold.output
+    nan = runner.invoke(
+        app, ["generate", "language_model", "--temperature", "nan", "--params", params]
+    )
+    assert nan.exit_code == 2 and "--temperature must be a finite number > 0" in nan.output
     missing = runner.invoke(
         app, ["translate", "Hallo.", "--model", str(tmp_path / "none"), "--params", params]
     )
     assert missing.exit_code == 1 and "not found" in missing.output
+    for command in (["translate", "  "], ["predict", "classification", "good", ""]):
+        empty = runner.invoke(app, [*command, "--params", params])
+        assert empty.exit_code == 2 and "empty text" in empty.output
+    broken = runner.invoke(app, ["translate", "Stra\udcdfe", "--params", params])
+    assert broken.exit_code == 2 and "not UTF-8 text" in broken.output
+
+
+def test_damaged_inputs_name_the_file_and_the_fix(tmp_path: Path) -> None:
+    """Truncated JSON lines, out-of-range token ids, bad labels and a corrupt model file."""
+    import numpy as np
+
+    from pipeline.core.corpus import CorruptInput, check_ids, read_jsonl
+    from pipeline.core.saved import CorruptModel, load_model
+
+    truncated = tmp_path / "train.jsonl"
+    truncated.write_text('{"text": "fine", "label": 1}\n{"text": "cut of')
+    with pytest.raises(CorruptInput, match=rf"{truncated} line 2: not valid JSON"):
+        read_jsonl(truncated)
+    with pytest.raises(CorruptInput, match=r"token ids outside 0\.\.99 \(found 0\.\.100\)"):
+        check_ids(np.asarray([0, 5, 100]), 100, tmp_path / "train.npz")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.keras").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CorruptModel, match="not a Keras model file .* retrain it"):
+        load_model(tmp_path / "model")
+    with pytest.raises(FileNotFoundError, match="run `dvc repro`"):
+        load_model(tmp_path)
+
+    from pipeline.params import SentencePieceParams, Task
+    from pipeline.tasks.classification.data import load_split
+    from pipeline.tokenize import run_tokenize
+
+    write_sonnet(tmp_path / "raw", label=2)
+    run_tokenize(
+        Task.classification, SentencePieceParams(vocab_size=60), tmp_path / "raw", tmp_path / "tok"
+    )
+    with pytest.raises(CorruptInput, match="train.npz: labels must be 0 or 1"):
+        load_split(tmp_path / "tok", "train", 16)
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from pipeline.core.trainer import owned
+with owned(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def _hold(directory: Path) -> subprocess.Popen[str]:
+    """A process that owns `directory`'s checkpoint until it is killed."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(directory)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+def test_a_live_checkpoint_owner_blocks_a_second_training_at_once(tmp_path: Path) -> None:
+    from pipeline.core.trainer import CheckpointBusy, owned
+
+    directory = tmp_path / "checkpoints" / "classification"
+    holder = _hold(directory)
+    try:
+        started = time.monotonic()
+        with (
+            pytest.raises(CheckpointBusy, match=rf"in use by pid {holder.pid} on "),
+            owned(directory),
+        ):
+            pass
+        assert time.monotonic() - started < 1
+    finally:
+        holder.kill()
+        holder.wait()
+    with owned(directory):  # its owner died (kill -9 included): the checkpoint is free again
+        pass
+
+
+def test_a_busy_checkpoint_stops_the_train_command_with_one_line(
+    tmp_path: Path, write_params
+) -> None:
+    data = tmp_path / "tok"
+    data.mkdir()
+    (data / "manifest.json").write_text("{}")
+    holder = _hold(tmp_path / "ckpt" / "classification")
+    try:
+        done = cli(
+            [
+                "train",
+                "classification",
+                "--data",
+                str(data),
+                "--out",
+                str(tmp_path / "m"),
+                "--plots",
+                str(tmp_path / "p"),
+                "--metrics",
+                str(tmp_path / "t.json"),
+                "--checkpoints",
+                str(tmp_path / "ckpt"),
+                "--params",
+                str(write_params({})),
+            ],
+            tmp_path,
+            MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        )
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert f"in use by pid {holder.pid}" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "m").exists()

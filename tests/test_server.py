@@ -176,3 +176,44 @@ def test_training_survives_a_server_restart(
     assert sorted(after) == expected_steps(steps)
     assert "Retrying" in log, "no request met the stopped server: the restart tested nothing"
     assert stage_runs(client)["train"][0].info.status == "FINISHED"
+
+
+def test_a_server_that_stays_down_fails_training_within_the_bound(
+    mlflow_server: MlflowServer, tiny_data, default_params: dict[str, Any], tmp_path: Path
+) -> None:
+    """Server killed mid-training and not restarted: training exits non-zero within the
+    bounded retries; when the server is back, the next training marks the orphan KILLED."""
+    import time
+
+    _, tok = tiny_data("classification")
+    long = {"train.classification.epochs": 3, "train.classification.batch_size": 4}
+    params = write_tiny_params(tmp_path / "params.yaml", default_params, long)
+    env = env_for(mlflow_server) | {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+    }
+    training = start_training(tok, tmp_path, params, env)
+    client = MlflowClient(mlflow_server.uri)
+    try:
+        wait_until("the first epoch", lambda: logged_steps(client, training), 180)
+        mlflow_server.stop()
+        stopped = time.monotonic()
+        assert training.wait(timeout=120) != 0, (tmp_path / "train.log").read_text()
+        assert time.monotonic() - stopped < 90
+    finally:
+        training.kill()
+    assert not (tmp_path / "model" / "model.keras").exists()
+    mlflow_server.start()
+    (orphan,) = stage_runs(client)["train"]
+    assert orphan.info.status == "RUNNING"  # the dead process could not say otherwise
+    again = subprocess.run(
+        [sys.executable, "-m", "pipeline", *train_cli(tok, tmp_path / "again", params)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import sentencepiece as spm
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.core.corpus import load_npz, unpack
+from pipeline.core.corpus import load_npz, unpack, write_json
 from pipeline.core.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID, decode_lines, encode_lines
 from pipeline.params import SentencePieceParams, Task, TranslationTokenize
 from pipeline.tokenize import run_tokenize, train_sentencepiece
@@ -96,6 +97,13 @@ def test_classification_splits_and_stats(tmp_path: Path) -> None:
     # Trained on train only: val/test lines bring characters the model never saw.
     assert result.stats["train.unk_rate"] == 0
     assert result.stats["val.unk_rate"] + result.stats["test.unk_rate"] > 0
+    # Outputs get the modes a plain mkdir/open would give (not mkdtemp's 0700 / mkstemp's 0600).
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "tok").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "tok" / "train.npz").stat().st_mode & 0o777 == 0o666 & ~mask
+    write_json(tmp_path / "stats.json", result.stats)
+    assert (tmp_path / "stats.json").stat().st_mode & 0o777 == 0o666 & ~mask
     assert not list(tmp_path.glob(".tok.*")), "staging directory left behind"
 
 

@@ -168,15 +168,20 @@ def test_evaluate_matches_scikit_learn_on_saved_predictions(trained, mlflow_uri)
     assert from_mlflow.stdout.strip().splitlines()[-1] == lines[0]  # progress bar: stderr
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "rate"), [("adam", 1e38), ("sgd", 1e30)], ids=["nan", "absurd"]
+)
 def test_nan_loss_fails_the_run_and_writes_no_model(
-    tiny_data, write_params, mlflow_uri, tmp_path
+    tiny_data, write_params, mlflow_uri, tmp_path, optimizer: str, rate: float
 ) -> None:
+    """A NaN loss, or a finite but absurd one (SGD at 1e30 once ended with loss 1e30 and a
+    model), is divergence: the run fails and no model is written."""
     _, tok = tiny_data("classification")
     params = write_params(
         {
             **TINY_TRAIN,
-            "train.classification.optimizer": "adam",
-            "train.classification.learning_rate": 1e38,
+            "train.classification.optimizer": optimizer,
+            "train.classification.learning_rate": rate,
             "train.classification.clip_norm": None,
         }
     )
@@ -218,3 +223,99 @@ def test_killed_training_resumes_at_the_next_epoch(
     assert run.info.status == "FINISHED"
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3]
     assert not (tmp_path / "ckpt" / "classification").exists()
+
+    # Indistinguishable from an uninterrupted training of the same params and seed.
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{clean / 'mlflow.db'}"}
+    uninterrupted = [sys.executable, "-m", "pipeline", *train_args(tok, params, clean)]
+    done = subprocess.run(uninterrupted, cwd=clean, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    reference = only_run(MlflowClient(env["MLFLOW_TRACKING_URI"]))
+    assert_same_training(
+        tmp_path, run, client, clean, reference, MlflowClient(env["MLFLOW_TRACKING_URI"])
+    )
+
+
+def output_shape(out: Path) -> dict[str, object]:
+    """What a training wrote, minus the values: epochs, steps, keys and per-epoch files."""
+    loss = json.loads((out / "plots" / "loss.json").read_text())
+    norms = json.loads((out / "plots" / "grad_norm.json").read_text())
+    final = json.loads((out / "train.json").read_text())
+    epochs = out / "plots" / "epochs"
+    return {
+        "epochs": [row["epoch"] for row in loss],
+        "loss_keys": sorted({k for row in loss for k in row}),
+        "steps": [row["step"] for row in norms],
+        "train.json": sorted(final),
+        "epochs_run": final["epochs_run"],
+        "total_steps": final["steps"],
+        "grad_flow": len(json.loads((out / "plots" / "grad_flow.json").read_text())),
+        "files": sorted(str(p.relative_to(epochs)) for p in epochs.rglob("*") if p.is_file()),
+    }
+
+
+def metric_shape(client: MlflowClient, run) -> dict[str, list[int]]:
+    """Every metric key of a run with the steps it was logged at (duplicates would show)."""
+    return {
+        key: sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+        for key in client.get_run(run.info.run_id).data.metrics
+    }
+
+
+def assert_same_training(out_a: Path, run_a, client_a, out_b: Path, run_b, client_b) -> None:
+    """Two trainings wrote the same files and logged the same metrics at the same steps."""
+    assert output_shape(out_a) == output_shape(out_b)
+    assert metric_shape(client_a, run_a) == metric_shape(client_b, run_b)
+    artifacts = [
+        sorted(a.path for a in client.list_artifacts(run.info.run_id, "grad_flow"))
+        for client, run in ((client_a, run_a), (client_b, run_b))
+    ]
+    assert artifacts[0] == artifacts[1]
+
+
+def test_kill_between_the_metrics_flush_and_the_checkpoint_loses_nothing(
+    tiny_data, write_params, mlflow_uri, tmp_path, monkeypatch
+) -> None:
+    """The nastiest moment: MLflow holds epoch 2, its checkpoint does not; the rerun redoes it."""
+    from pipeline.core.distribute import make_worker
+    from pipeline.core.trainer import Checkpoint, TrainPaths
+    from pipeline.params import Task, load_params
+    from pipeline.train import train_task
+
+    _, tok = tiny_data("classification")
+    params = write_params({**TINY_TRAIN, "train.classification.epochs": 3})
+    cfg = load_params(params).train.section(Task.classification)
+    bind = Checkpoint.bind
+
+    def dying_bind(self: Checkpoint, run_id: str):
+        backup = bind(self, run_id)
+        save = backup.on_epoch_end
+
+        def on_epoch_end(epoch: int, logs=None) -> None:
+            if epoch == 1:  # after EpochCommit flushed epoch 2, before its weights are saved
+                raise KeyboardInterrupt
+            save(epoch, logs)
+
+        backup.on_epoch_end = on_epoch_end
+        return backup
+
+    def train(out: Path, uri: str) -> None:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        paths = TrainPaths(tok, out / "model", out / "plots", out / "train.json", out / "ckpt")
+        train_task("classification", cfg, paths, make_worker("none", 60.0), None)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Checkpoint, "bind", dying_bind)
+        with pytest.raises(KeyboardInterrupt):
+            train(tmp_path, mlflow_uri)
+    client = MlflowClient(mlflow_uri)
+    killed = only_run(client)
+    assert sorted(m.step for m in client.get_metric_history(killed.info.run_id, "loss")) == [1, 2]
+    train(tmp_path, mlflow_uri)  # resumes after epoch 1
+    clean = tmp_path / "clean"
+    train(clean, f"sqlite:///{clean / 'mlflow.db'}")
+    reference_client = MlflowClient(f"sqlite:///{clean / 'mlflow.db'}")
+    run = only_run(client)
+    assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
+    assert_same_training(tmp_path, run, client, clean, only_run(reference_client), reference_client)

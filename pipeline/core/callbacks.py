@@ -8,13 +8,14 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
+from pipeline.core.corpus import write_json
 from pipeline.core.gradients import BATCH_LOSS, is_epoch_metric
 from pipeline.core.gradients import GLOBAL as GLOBAL_NORM
 from pipeline.core.gradients import PREFIX as GRAD_PREFIX
@@ -44,6 +45,51 @@ class Logged:
         return cls(steps=run.last_step(GLOBAL_NORM), epochs=run.last_step("loss"))
 
 
+@dataclass
+class TrainingRecord:
+    """What the stage's output files are made of, kept across resumes.
+
+    It is saved beside the checkpoint at the end of every epoch (after MLflow has the epoch's
+    metrics, before Keras saves the weights), so a killed and resumed training writes the same
+    plots and metrics as an uninterrupted one. Rows of an epoch whose checkpoint never got
+    written are dropped on load: that epoch is trained again.
+    """
+
+    epoch_rows: list[dict[str, float]] = field(default_factory=list)
+    step_rows: list[dict[str, float]] = field(default_factory=list)
+    flow: list[dict[str, list[float | None]]] = field(default_factory=list)
+    epoch_steps: list[int] = field(default_factory=list)  # optimizer step at each epoch end
+    seconds: float = 0.0
+    samples: int = 0
+
+    def save(self, path: Path) -> None:
+        """Write the record atomically (JSON)."""
+        write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path, finished_epochs: int) -> TrainingRecord:
+        """The record of the first `finished_epochs` epochs (empty without a file)."""
+        if not path.is_file() or finished_epochs == 0:
+            return cls()
+        record = cls(**json.loads(path.read_text(encoding="utf-8")))
+        last_step = record.epoch_steps[finished_epochs - 1]
+        return cls(
+            epoch_rows=record.epoch_rows[:finished_epochs],
+            step_rows=[row for row in record.step_rows if row["step"] <= last_step],
+            flow=record.flow[:finished_epochs],
+            epoch_steps=record.epoch_steps[:finished_epochs],
+            seconds=record.seconds,
+            samples=record.samples,
+        )
+
+    def flow_curves(self) -> list[dict[str, np.ndarray]]:
+        """Per-epoch gradient-flow curves as arrays (null, i.e. no valid step, as NaN)."""
+        return [
+            {k: np.asarray([np.nan if v is None else v for v in curve]) for k, curve in e.items()}
+            for e in self.flow
+        ]
+
+
 class StepCallback(keras.callbacks.Callback):
     """A callback whose batch hook may run on Keras's callback threads (`async_safe`).
 
@@ -70,15 +116,28 @@ class StepCallback(keras.callbacks.Callback):
 
 
 class MlflowMetrics(StepCallback):
-    """Buffer gradient norms every `every` steps and epoch metrics; flush once per epoch."""
+    """Buffer gradient norms every `every` steps and epoch metrics (`EpochCommit` flushes)."""
 
-    def __init__(self, run: StageRun, every: int, logged: Logged = Logged()):
+    def __init__(
+        self,
+        run: StageRun,
+        every: int,
+        logged: Logged = Logged(),
+        record: TrainingRecord | None = None,
+    ):
         super().__init__()
         self.run = run
         self.every = every
         self.logged = logged
-        self.step_rows: list[dict[str, float]] = []
-        self.epoch_rows: list[dict[str, float]] = []
+        self.record = record or TrainingRecord()
+
+    @property
+    def step_rows(self) -> list[dict[str, float]]:
+        return self.record.step_rows
+
+    @property
+    def epoch_rows(self) -> list[dict[str, float]]:
+        return self.record.epoch_rows
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         step = self.step_of(batch)
@@ -97,7 +156,6 @@ class MlflowMetrics(StepCallback):
             self.run.log_metrics(values, step=epoch + 1)
         self.epoch_rows.append({"epoch": epoch + 1, **values})
         self.step_rows.sort(key=lambda row: row["step"])  # hooks may finish out of order
-        self.run.flush()
 
 
 class Progress(StepCallback):
@@ -133,8 +191,11 @@ class Progress(StepCallback):
         log.info("epoch %d/%d  %s  (%.1f s)", epoch + 1, self.epochs, text, seconds)
 
 
+ABSURD_LOSS = 1e6  # no task's loss gets near this unless training has blown up
+
+
 class NanGuard(StepCallback):
-    """Stop at the first non-finite loss; the trainer then fails the run."""
+    """Stop at the first non-finite or absurd loss; the trainer then fails the run."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -142,7 +203,7 @@ class NanGuard(StepCallback):
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         loss = float((logs or {}).get("loss", 0.0))
-        if not math.isfinite(loss):
+        if not math.isfinite(loss) or abs(loss) > ABSURD_LOSS:
             with self.lock:
                 step = self.step_of(batch)
                 self.diverged_at = min(step, self.diverged_at or step)
@@ -156,19 +217,32 @@ class GradientFlowLogger(keras.callbacks.Callback):
     stopping or divergence): redrawing it every epoch cost more than the probe itself.
     """
 
-    def __init__(self, probe, run: StageRun, out_dir: Path, logged: Logged = Logged()):
+    def __init__(
+        self,
+        probe,
+        run: StageRun,
+        out_dir: Path,
+        logged: Logged = Logged(),
+        record: TrainingRecord | None = None,
+    ):
         super().__init__()
         self.probe, self.run, self.out_dir, self.logged = probe, run, out_dir, logged
-        self.history: list[dict[str, np.ndarray]] = []
+        self.record = record or TrainingRecord()
+
+    @property
+    def history(self) -> list[dict[str, np.ndarray]]:
+        """Every epoch's curves so far, resumed epochs included."""
+        return self.record.flow_curves()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         from pipeline.core.gradient_flow import summarize_flow
 
         curves = self.probe.measure()
-        self.history.append(curves)
+        finite = {k: _finite(v) for k, v in curves.items()}
+        self.record.flow.append(finite)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / f"epoch_{epoch + 1:03d}.json"
-        path.write_text(json.dumps({k: _finite(v) for k, v in curves.items()}))
+        path.write_text(json.dumps(finite))
         self.run.log_artifact(path, "grad_flow")
         if epoch + 1 > self.logged.epochs:
             self.run.log_metrics(summarize_flow(curves), step=epoch + 1)
@@ -176,10 +250,33 @@ class GradientFlowLogger(keras.callbacks.Callback):
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         from pipeline.core.gradient_flow import plot_flow
 
-        if self.history:
+        if self.record.flow:
             self.run.log_artifact(
                 plot_flow(self.history, self.out_dir / "grad_flow.png"), "grad_flow"
             )
+
+
+class EpochCommit(keras.callbacks.Callback):
+    """Close an epoch: send its buffered metrics to MLflow, then save the training record.
+
+    Runs after every other epoch-end hook and before the checkpoint, so a kill at any point
+    leaves MLflow with all or none of an epoch's metrics (a resume skips what it holds) and
+    a record that never runs ahead of the checkpoint by more than the epoch being redone.
+    """
+
+    def __init__(self, run: StageRun, record: TrainingRecord, path: Path, progress: Progress):
+        super().__init__()
+        self.run, self.record, self.path, self.progress = run, record, path, progress
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.started, self.samples_before = time.perf_counter(), self.progress.samples
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self.record.epoch_steps.append(current_step(self.model))
+        self.record.seconds += time.perf_counter() - self.started
+        self.record.samples += self.progress.samples - self.samples_before
+        self.run.flush()
+        self.record.save(self.path)
 
 
 Reporter = Callable[[keras.Model, int, Path], list[Path]]

@@ -34,10 +34,34 @@ class OutputError(Exception):
     """An output path cannot be written as asked (e.g. it exists and is not a directory)."""
 
 
+class CorruptInput(ValueError):
+    """A file an earlier stage wrote is damaged; the message names it and the fix."""
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read one JSON object per line."""
+    """Read one JSON object per line; a damaged line names the file and line number."""
+    rows = []
     with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise CorruptInput(
+                    f"{path} line {number}: not valid JSON ({exc.msg}); re-run the stage that "
+                    "wrote it (`dvc repro`)"
+                ) from None
+    return rows
+
+
+def check_ids(ids: np.ndarray, vocab_size: int, path: Path) -> None:
+    """Refuse token ids the model's vocabulary cannot embed (TensorFlow's error is a graph dump)."""
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise CorruptInput(
+            f"{path}: token ids outside 0..{vocab_size - 1} (found {int(ids.min())}.."
+            f"{int(ids.max())}); the data and tokenizer disagree: re-run tokenize"
+        )
 
 
 def json_safe(data: Any) -> Any:
@@ -103,6 +127,20 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     """Load every array of an npz file into memory."""
     with np.load(path) as data:
         return {key: data[key] for key in data.files}
+
+
+def check_writable(*paths: Path) -> None:
+    """Raise OutputError unless each output path can be created (its folder made and written)."""
+    for path in paths:
+        if path.exists() and not os.access(path, os.W_OK):
+            raise OutputError(f"cannot write {path}: permission denied")
+        parent = path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as exc:
+            raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _umask_mode(directory: bool) -> int:

@@ -37,8 +37,11 @@ def truncate(seqs: Sequence[np.ndarray], max_len: int, keep: str = "last") -> li
 
 
 def element_length(*element) -> tf.Tensor:
-    """Length of the longest 1-D tensor in a (nested) dataset element."""
-    sizes = [tf.shape(t)[0] for t in tf.nest.flatten(element) if t.shape.rank == 1]
+    """Length (first axis) of the longest sequence in a (nested) dataset element.
+
+    Sequences are token ids (T,) or frames of features (T, F); scalars (labels) are skipped.
+    """
+    sizes = [tf.shape(t)[0] for t in tf.nest.flatten(element) if t.shape.rank]
     return tf.reduce_max(tf.stack(sizes))
 
 

@@ -67,12 +67,17 @@ class _TransientError(Exception):
 
 @dataclass(frozen=True)
 class FetchOptions:
-    """How hard URL downloads try; tests shrink the backoff to keep retries instant."""
+    """How hard URL downloads try; tests shrink the backoff to keep retries instant.
+
+    `deadline_s` bounds all attempts together: a source that never answers fails after it
+    (`PIPELINE_FETCH_DEADLINE_S` overrides it), not after retries x timeout.
+    """
 
     retries: int = 4
     backoff_s: float = 1.0
     timeout_s: float = 60.0
     command_timeout_s: float = 900.0
+    deadline_s: float = float(os.environ.get("PIPELINE_FETCH_DEADLINE_S", "120"))
 
 
 def default_cache_dir() -> Path:
@@ -238,16 +243,19 @@ def _single_file(directory: Path, suffix: str, spec: str) -> Path:
 def _fetch_url(source: UrlSource, dest: Path, options: FetchOptions) -> Path:
     """Download over HTTP(S), retrying transient failures with exponential backoff."""
     path = dest / _url_file_name(source.url)
+    deadline = time.monotonic() + options.deadline_s
     for attempt in range(1, options.retries + 2):
         try:
-            _stream_url(source.url, path, options.timeout_s)
+            timeout = max(0.1, min(options.timeout_s, deadline - time.monotonic()))
+            _stream_url(source.url, path, timeout)
             return path
         except _TransientError as exc:
-            if attempt > options.retries:
-                raise DownloadError(
-                    f"GET {source.url} failed after {attempt} attempts: {exc}"
-                ) from None
             delay = options.backoff_s * 2 ** (attempt - 1)
+            if attempt > options.retries or time.monotonic() + delay >= deadline:
+                raise DownloadError(
+                    f"GET {source.url} failed after {attempt} attempts in "
+                    f"{options.deadline_s - max(deadline - time.monotonic(), 0):.0f} s: {exc}"
+                ) from None
             log.warning("GET %s failed (%s); retry %d in %.1fs", source.url, exc, attempt, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")

@@ -180,6 +180,14 @@ def check_reachable(client: MlflowClient, timeout_s: float = 5.0) -> None:
         ) from None
 
 
+def connected_client(cwd: Path | None = None) -> MlflowClient:
+    """The configured client, once its server answered: every command that talks to MLflow
+    starts here, so none of them waits minutes in MLflow's retries for a server that is down."""
+    client = make_client(cwd)
+    check_reachable(client)
+    return client
+
+
 def process_tags() -> dict[str, str]:
     """Host and PID of this stage, so a later stage can tell a dead run from a live one."""
     return {"pipeline.host": socket.gethostname(), "pipeline.pid": str(os.getpid())}
@@ -233,8 +241,10 @@ def stage_run(
     client: MlflowClient | None = None,
 ) -> Iterator[StageRun]:
     """Open an MLflow run for one stage; FAILED if the body raises, KILLED on Ctrl-C."""
-    client = client or make_client()
-    check_reachable(client)
+    if client is None:
+        client = connected_client()
+    else:
+        check_reachable(client)
     experiment_id = _experiment_id(client, task)
     reap_orphans(client, experiment_id, stage)
     run_id = _open_run(client, experiment_id, f"{stage}-{task}", resume_run_id)
@@ -278,7 +288,7 @@ def _end(run: StageRun, status: str) -> None:
 @contextmanager
 def attached_run(run_id: str, stage: str, client: MlflowClient | None = None) -> Iterator[StageRun]:
     """Add a later stage's results to an existing run (evaluate logs beside its training)."""
-    client = client or make_client()
+    client = client or connected_client()
     run = StageRun(client, run_id, client.get_run(run_id).info.experiment_id)
     try:
         yield run

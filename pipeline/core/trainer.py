@@ -8,12 +8,15 @@ re-running after a kill resumes from the last finished epoch and continues the s
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import shutil
-import time
-from collections.abc import Callable
+import socket
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,8 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.core.callbacks import (
+    ABSURD_LOSS,
+    EpochCommit,
     EpochReports,
     GradientFlowLogger,
     Logged,
@@ -30,9 +35,10 @@ from pipeline.core.callbacks import (
     NanGuard,
     Progress,
     Reporter,
+    TrainingRecord,
 )
 from pipeline.core.corpus import MODEL_FILE, RUN_FILE, write_json
-from pipeline.core.gradients import InstrumentedModel, is_epoch_metric
+from pipeline.core.gradients import InstrumentedModel
 from pipeline.core.tracking import StageRun
 from pipeline.params import TrainParams
 
@@ -119,12 +125,56 @@ def fingerprint(cfg: TrainParams, data_dir: Path) -> str:
     return digest.hexdigest()
 
 
+class CheckpointBusy(RuntimeError):
+    """Another live process is training into the same checkpoint directory."""
+
+
+@contextmanager
+def owned(directory: Path) -> Iterator[None]:
+    """Hold an OS lock on `directory`'s checkpoint for the life of this process's training.
+
+    The lock (`flock` on `<directory>.lock`, beside the directory so clearing the checkpoint
+    keeps it) dies with its process, so a checkpoint whose owner was killed resumes, while a
+    second training of the same task while the first is alive fails at once, naming it.
+    """
+    path = directory.with_name(directory.name + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            raise CheckpointBusy(
+                f"{directory} is in use by {owner}: wait for it, or stop it first"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+
+
 class Checkpoint:
     """A checkpoint directory tied to one configuration and one MLflow run."""
 
     def __init__(self, directory: Path, key: str):
         self.directory, self.key = directory, key
         self.meta = directory / "checkpoint.json"
+        self.record = directory / "record.json"  # see TrainingRecord
+        self.work = directory / "epochs"  # per-epoch files, copied to the outputs at the end
+
+    def finished_epochs(self) -> int:
+        """Epochs whose weights the Keras backup holds (0 without one)."""
+        path = self.directory / "keras" / "training_metadata.json"
+        return int(json.loads(path.read_text())["epoch"]) if path.is_file() else 0
+
+    def load_record(self) -> TrainingRecord:
+        """The outputs-to-be of the finished epochs, so a resume writes them all."""
+        return TrainingRecord.load(self.record, self.finished_epochs())
 
     def resumable_run_id(self) -> str | None:
         """The MLflow run to continue, or None (a stale checkpoint is discarded)."""
@@ -158,22 +208,28 @@ def compile_model(setup: TrainingSetup, cfg: TrainParams) -> InstrumentedModel:
     model = InstrumentedModel(
         setup.model.inputs, setup.model.outputs, clip_norm=cfg.clip_norm, name=setup.model.name
     )
-    model.compile(optimizer=make_optimizer(cfg), loss=setup.loss, metrics=setup.metrics)
+    model.compile(
+        optimizer=make_optimizer(cfg),
+        loss=setup.loss,
+        metrics=setup.metrics,
+        jit_compile=cfg.jit_compile,
+    )
     return model
 
 
 def callbacks_for(
-    setup: TrainingSetup, cfg: TrainParams, run: StageRun, checkpoint: Checkpoint, work: Path
-) -> tuple[list[keras.callbacks.Callback], MlflowMetrics, NanGuard, GradientFlowLogger, Progress]:
-    """Assemble the trainer's callbacks (order matters: NaN guard before the checkpoint)."""
+    setup: TrainingSetup, cfg: TrainParams, run: StageRun, checkpoint: Checkpoint
+) -> tuple[list[keras.callbacks.Callback], TrainingRecord, NanGuard]:
+    """Assemble the trainer's callbacks (order matters: the commit, then the checkpoint)."""
     from pipeline.core.gradient_flow import GradientFlowProbe
 
     probe = GradientFlowProbe(
         setup.model, setup.probe_inputs, setup.probe_targets, setup.probe_loss
     )
     logged = Logged.of(run)  # nothing for a new run; a resumed one continues after it
-    metrics, guard = MlflowMetrics(run, cfg.log_every_n_steps, logged), NanGuard()
-    flow = GradientFlowLogger(probe, run, work / "grad_flow", logged)
+    record, work = checkpoint.load_record(), checkpoint.work
+    metrics, guard = MlflowMetrics(run, cfg.log_every_n_steps, logged, record), NanGuard()
+    flow = GradientFlowLogger(probe, run, work / "grad_flow", logged, record)
     stack: list[keras.callbacks.Callback] = [guard, metrics, flow]
     if setup.reporters:
         stack.append(EpochReports(setup.reporters, run, work / "reports", setup.model))
@@ -185,18 +241,18 @@ def callbacks_for(
                 monitor="val_loss", patience=cfg.early_stopping_patience, restore_best_weights=True
             )
         )
+    stack.append(EpochCommit(run, record, checkpoint.record, progress))
     stack.append(checkpoint.bind(run.run_id))
-    return stack, metrics, guard, flow, progress
+    return stack, record, guard
 
 
 def fit(
-    setup: TrainingSetup, cfg: TrainParams, run: StageRun, checkpoint: Checkpoint, work: Path
-) -> tuple[dict[str, float], MlflowMetrics, GradientFlowLogger]:
+    setup: TrainingSetup, cfg: TrainParams, run: StageRun, checkpoint: Checkpoint
+) -> tuple[dict[str, float], TrainingRecord]:
     """Run `model.fit` with instrumentation; raise TrainingDiverged on a non-finite loss."""
     model = compile_model(setup, cfg)
-    stack, metrics, guard, flow, progress = callbacks_for(setup, cfg, run, checkpoint, work)
-    started = time.perf_counter()
-    history = model.fit(
+    stack, record, guard = callbacks_for(setup, cfg, run, checkpoint)
+    model.fit(
         setup.train,
         validation_data=setup.val,
         epochs=cfg.epochs,
@@ -204,41 +260,42 @@ def fit(
         verbose=0,
         shuffle=False,
     )
-    seconds = time.perf_counter() - started
     if guard.diverged_at is not None:
         checkpoint.clear()
         raise TrainingDiverged(
-            f"loss became non-finite at step {guard.diverged_at}; "
+            f"loss became non-finite (or above {ABSURD_LOSS:g}) at step {guard.diverged_at}; "
             "lower train.*.learning_rate or set clip_norm"
         )
-    steps = int(model.optimizer.iterations.numpy())
-    final = {k: float(v[-1]) for k, v in history.history.items() if is_epoch_metric(k)}
-    final |= {
-        "train_seconds": seconds,
-        "steps": float(steps),
-        "samples_per_second": progress.samples / max(seconds, 1e-9),  # this session only
-        "epochs_run": float(len(metrics.epoch_rows)),
+    final = {k: v for k, v in record.epoch_rows[-1].items() if k != "epoch"}
+    final |= {  # over every session of a resumed training
+        "train_seconds": record.seconds,
+        "steps": float(int(model.optimizer.iterations.numpy())),
+        "samples_per_second": record.samples / max(record.seconds, 1e-9),
+        "epochs_run": float(len(record.epoch_rows)),
     }
-    return final, metrics, flow
+    return final, record
 
 
 def save_outputs(
     setup: TrainingSetup,
     run: StageRun,
-    out_dir: Path,
-    plots_dir: Path,
-    mlflow_metrics: MlflowMetrics,
-    flow: GradientFlowLogger,
+    paths: tuple[Path, Path, Path],
+    record: TrainingRecord,
+    checkpoint: Checkpoint,
 ) -> None:
-    """Write the model, its tokenizer(s), the run id and the DVC plot files."""
+    """Write the model, its tokenizer(s), the run id, the DVC plot files and per-epoch files."""
+    out_dir, plots_dir, work_dir = paths
     out_dir.mkdir(parents=True, exist_ok=True)
     setup.model.save(out_dir / MODEL_FILE)
     for name, asset in setup.assets.items():
         shutil.copyfile(asset, out_dir / name)
     write_json(out_dir / RUN_FILE, {"run_id": run.run_id, "experiment_id": run.experiment_id})
-    write_json(plots_dir / "loss.json", mlflow_metrics.epoch_rows)
-    write_json(plots_dir / "grad_norm.json", mlflow_metrics.step_rows)
-    final_flow = flow.history[-1] if flow.history else {}
+    write_json(plots_dir / "loss.json", record.epoch_rows)
+    write_json(plots_dir / "grad_norm.json", record.step_rows)
+    if checkpoint.work.is_dir():
+        shutil.rmtree(work_dir, ignore_errors=True)
+        shutil.copytree(checkpoint.work, work_dir)
+    final_flow = record.flow_curves()[-1] if record.flow else {}
     write_json(plots_dir / "grad_flow.json", flow_rows(final_flow))
     for key, curve in final_flow.items():
         for t, value in enumerate(np.asarray(curve, dtype=float)):
@@ -270,12 +327,12 @@ def run_train(
     work_dir: Path,
 ) -> TrainResult:
     """Train, then write outputs only if training finished with a finite loss."""
-    final, mlflow_metrics, flow = fit(setup, cfg, run, checkpoint, work_dir)
-    if flow.history:
+    final, record = fit(setup, cfg, run, checkpoint)
+    if record.flow:
         from pipeline.core.gradient_flow import summarize_flow
 
-        final |= summarize_flow(flow.history[-1])
-    save_outputs(setup, run, out_dir, plots_dir, mlflow_metrics, flow)
+        final |= summarize_flow(record.flow_curves()[-1])
+    save_outputs(setup, run, (out_dir, plots_dir, work_dir), record, checkpoint)
     run.log_metrics({f"final.{k}": v for k, v in final.items()})
     checkpoint.clear()
     return TrainResult(metrics=final, model_dir=out_dir, run_id=run.run_id)

@@ -8,16 +8,30 @@ import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
-from pipeline.core.corpus import TOKENIZER, load_npz, unpack
+from pipeline.core.corpus import TOKENIZER, CorruptInput, check_ids, load_npz, unpack
 from pipeline.core.datasets import batches, pad_batch, ragged, slices, truncate
 from pipeline.params import ClassificationTrain
 
 
 def load_split(data_dir: Path, split: str, max_len: int) -> tuple[list[np.ndarray], np.ndarray]:
     """Token sequences (last `max_len` tokens of each review) and float labels."""
-    data = load_npz(data_dir / f"{split}.npz")
+    path = data_dir / f"{split}.npz"
+    data = load_npz(path)
+    check_ids(data["tokens_ids"], vocab_size(data_dir), path)
+    if not np.isin(data["labels"], (0, 1)).all():
+        raise CorruptInput(f"{path}: labels must be 0 or 1; re-run download and tokenize")
     seqs = truncate(unpack(data["tokens_ids"], data["tokens_offsets"]), max_len)
     return seqs, data["labels"].astype(np.float32)
+
+
+LENGTH_STEP = 32  # under XLA every distinct batch shape compiles once: few shapes, few compiles
+
+
+def pad_to_step(tokens: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """Pad a batch's time axis up to a multiple of LENGTH_STEP (extra pads are masked)."""
+    length = tf.shape(tokens)[1]
+    extra = (LENGTH_STEP - length % LENGTH_STEP) % LENGTH_STEP
+    return tf.pad(tokens, [[0, 0], [0, extra]]), labels
 
 
 def make_dataset(
@@ -25,7 +39,8 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """(tokens, label) batches, padded with PAD=0 (masked by the model)."""
     ds = slices(ragged(seqs), labels)
-    return batches(ds, cfg, np.fromiter(map(len, seqs), dtype=np.int64), shuffle)
+    ds = batches(ds, cfg, np.fromiter(map(len, seqs), dtype=np.int64), shuffle)
+    return ds.map(pad_to_step, num_parallel_calls=tf.data.AUTOTUNE) if cfg.jit_compile else ds
 
 
 def probe_batch(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import keras
 import numpy as np
 
-from pipeline.core.corpus import MODEL_FILE, read_jsonl
+from pipeline.core.corpus import read_jsonl
+from pipeline.core.saved import load_model
 from pipeline.params import ClassificationEvaluate, ClassificationTrain
 from pipeline.tasks.classification.data import load_split
 from pipeline.tasks.classification.predict import LABELS, decide, predict_probabilities
@@ -86,7 +86,7 @@ def evaluate(
     report_dir: Path,
 ) -> dict[str, float]:
     """Score the trained model and the TF-IDF baseline on the test split; write the reports."""
-    model = keras.saving.load_model(model_dir / MODEL_FILE)
+    model = load_model(model_dir)
     seqs, labels = load_split(data_dir, "test", cfg.max_len)
     probs = predict_probabilities(model, seqs, cfg.batch_size)
     metrics = classification_metrics(labels.astype(int), probs, "test")

@@ -8,8 +8,9 @@ import keras
 import numpy as np
 import sentencepiece as spm
 
-from pipeline.core.corpus import MODEL_FILE, TOKENIZER
+from pipeline.core.corpus import TOKENIZER
 from pipeline.core.datasets import pad_batch
+from pipeline.core.saved import load_model
 
 THRESHOLD = 0.5  # P(positive) at or above this is labelled positive
 LABELS = ("negative", "positive")
@@ -30,7 +31,7 @@ def decide(probs: np.ndarray) -> np.ndarray:
 
 def load_predictor(model_dir: Path) -> tuple[keras.Model, spm.SentencePieceProcessor]:
     """Load a trained classifier and its SentencePiece model from one directory."""
-    model = keras.saving.load_model(model_dir / MODEL_FILE)
+    model = load_model(model_dir)
     return model, spm.SentencePieceProcessor(model_file=str(model_dir / TOKENIZER))
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
-from pipeline.core.corpus import TOKENIZER, load_npz, unpack
+from pipeline.core.corpus import TOKENIZER, check_ids, load_npz, unpack
 from pipeline.core.datasets import batches, slices
 from pipeline.core.tokens import PAD_ID
 from pipeline.params import LanguageModelTrain
@@ -32,7 +32,9 @@ def load_tokenizer(directory: Path) -> spm.SentencePieceProcessor:
 
 def load_streams(data_dir: Path, split: str, newline: int) -> tuple[list[np.ndarray], np.ndarray]:
     """One `<nl> + tokens` stream per play, and the characters per play (for bpc)."""
-    data = load_npz(data_dir / f"{split}.npz")
+    path = data_dir / f"{split}.npz"
+    data = load_npz(path)
+    check_ids(data["tokens_ids"], load_tokenizer(data_dir).get_piece_size(), path)
     plays = unpack(data["tokens_ids"], data["tokens_offsets"])
     streams = [np.concatenate([[newline], play]).astype(np.int32) for play in plays]
     return streams, data["chars"].astype(np.int64)

@@ -16,7 +16,8 @@ import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
 
-from pipeline.core.corpus import MODEL_FILE, TOKENIZER
+from pipeline.core.corpus import TOKENIZER
+from pipeline.core.saved import load_model
 from pipeline.core.tokens import BOS_ID, EOS_ID, PAD_ID, UNK_ID, decode_lines, encode_lines
 from pipeline.tasks.language_model import model as _custom_layers  # noqa: F401  (registers them)
 
@@ -25,7 +26,7 @@ NEVER_SAMPLED = (PAD_ID, UNK_ID, BOS_ID, EOS_ID)
 
 def load_generator(model_dir: Path) -> tuple[keras.Model, spm.SentencePieceProcessor]:
     """Load the model and tokenizer that `train language_model` wrote to `model_dir`."""
-    model = keras.saving.load_model(model_dir / MODEL_FILE)
+    model = load_model(model_dir)
     return model, spm.SentencePieceProcessor(model_file=str(model_dir / TOKENIZER))
 
 

@@ -16,7 +16,7 @@ import sentencepiece as spm
 import tensorflow as tf
 from keras import ops
 
-from pipeline.core.corpus import SOURCE_TOKENIZER, TARGET_TOKENIZER, load_npz, unpack
+from pipeline.core.corpus import SOURCE_TOKENIZER, TARGET_TOKENIZER, check_ids, load_npz, unpack
 from pipeline.core.datasets import batches, pad_batch, ragged, slices, truncate
 from pipeline.core.tokens import BOS_ID, EOS_ID, PAD_ID
 from pipeline.params import TranslationTrain
@@ -27,7 +27,10 @@ Pairs = tuple[list[np.ndarray], list[np.ndarray]]
 
 def load_pairs(data_dir: Path, split: str, max_len: int) -> Pairs:
     """Source ids (first `max_len`) and target ids (first `max_len - 1`, room for BOS/EOS)."""
-    data = load_npz(data_dir / f"{split}.npz")
+    path = data_dir / f"{split}.npz"
+    data = load_npz(path)
+    for field, size in zip(("src", "tgt"), vocab_sizes(data_dir), strict=True):
+        check_ids(data[f"{field}_ids"], size, path)
     source = truncate(unpack(data["src_ids"], data["src_offsets"]), max_len, keep="first")
     target = truncate(unpack(data["tgt_ids"], data["tgt_offsets"]), max_len - 1, keep="first")
     return source, target

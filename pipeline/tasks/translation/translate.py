@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from pipeline.core.corpus import MODEL_FILE, SOURCE_TOKENIZER, TARGET_TOKENIZER
+from pipeline.core.corpus import SOURCE_TOKENIZER, TARGET_TOKENIZER
+from pipeline.core.saved import load_model
 from pipeline.tasks.translation.decoding import Hypothesis, KerasStepModel, decode_sequences
 from pipeline.tasks.translation.model import Seq2Seq, seq2seq_from_model
 
@@ -60,9 +61,8 @@ class Translator:
 
 def load_translator(model_dir: Path) -> Translator:
     """Load a trained model directory written by the train stage."""
-    import keras
 
-    model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False)
+    model = load_model(model_dir, compile=False)
     return Translator.from_parts(
         seq2seq_from_model(model), model_dir / SOURCE_TOKENIZER, model_dir / TARGET_TOKENIZER
     )

@@ -1,0 +1,1 @@
+"""Spoken-digit recognition from MFCC frames (GRU over frames; mean/std + logistic regression)."""
