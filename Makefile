@@ -6,7 +6,7 @@ export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-fast lint compare-cells mlflow-ui mlflow-server clean
+.PHONY: setup setup-team repro test test-fast lint compare-cells mlflow-ui mlflow-server mlflow-server-pg clean
 
 $(BIN)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
@@ -15,6 +15,12 @@ $(BIN)/.installed: pyproject.toml uv.lock
 
 setup: $(BIN)/.installed  ## Create .venv with the pinned dependencies (uv.lock).
 
+$(BIN)/.installed-team: $(BIN)/.installed
+	uv sync --frozen --group team
+	@touch $@
+
+setup-team: $(BIN)/.installed-team  ## Add the PostgreSQL driver for a team's tracking server.
+
 repro: setup  ## Run the whole DVC pipeline on the default offline data (params checked first).
 	python -m pipeline validate
 	dvc repro
@@ -22,10 +28,10 @@ repro: setup  ## Run the whole DVC pipeline on the default offline data (params 
 lint: setup
 	ruff check pipeline tests
 
-test: lint  ## Lint, then run every test (slow ones included; what CI runs).
+test: lint setup-team  ## Lint, then run every test (slow ones included; what CI runs).
 	pytest
 
-test-fast: lint  ## The quick loop: tests that train, download or start no service (< 2 min).
+test-fast: lint setup-team  ## The quick loop: tests that train, download or start no service (< 2 min).
 	pytest -m "not slow"
 
 # SimpleRNN vs LSTM vs GRU (and a bidirectional GRU, except for the causal language model) on
@@ -50,6 +56,11 @@ mlflow-server: setup  ## Tracking server at http://127.0.0.1:5000 (sqlite mlflow
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server \
 		--backend-store-uri sqlite:///mlflow.db --artifacts-destination mlruns \
 		--host 127.0.0.1 --port 5000 --workers 1
+
+# A team's server: MLflow on a throwaway PostgreSQL cluster (Debian's postgresql), artifacts in
+# .mlflow-server/; Ctrl-C stops all it started. Needs `apt-get install -y postgresql`.
+mlflow-server-pg: setup-team  ## Tracking server at http://127.0.0.1:5000 on PostgreSQL (port 5433)
+	python -m pipeline server --backend postgresql --root .mlflow-server --port 5000 --db-port 5433
 
 clean:
 	rm -rf $(VENV)

@@ -14,6 +14,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -448,6 +449,35 @@ def recognize(
         raise fail(f"cannot read a WAV file: {exc}") from None
     for digit, probability in results:
         typer.echo(f"{digit}\t{probability:.4f}")
+
+
+class Backend(StrEnum):
+    """Where a team's tracking server keeps runs."""
+
+    postgresql = "postgresql"
+    sqlite = "sqlite"
+
+
+@app.command()
+def server(
+    backend: Annotated[
+        Backend, typer.Option(help="postgresql: a throwaway cluster started here; or sqlite.")
+    ] = Backend.postgresql,
+    root: Annotated[
+        Path, typer.Option(help="Artifacts, log (and the sqlite store) go here.")
+    ] = Path(".mlflow-server"),
+    port: Annotated[int, typer.Option(min=1, max=65535, help="MLflow's port (127.0.0.1).")] = 5000,
+    db_port: Annotated[
+        int, typer.Option(min=1, max=65535, help="PostgreSQL's port (127.0.0.1).")
+    ] = 5433,
+) -> None:
+    """Run a lean MLflow tracking server for a team until Ctrl-C stops all it started."""
+    from pipeline.server import ServerError, serve
+
+    try:
+        serve(backend.value, root, port, db_port)
+    except ServerError as exc:
+        raise fail(str(exc)) from None
 
 
 def _require_texts(texts: list[str]) -> None:

@@ -21,6 +21,15 @@ def mlflow_server(tmp_path: Path) -> Iterator[MlflowServer]:
         yield server
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def backend_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MlflowServer]:
+    """One server per backend a team may run: sqlite, and PostgreSQL (a real cluster)."""
+    with running_server(tmp_path_factory.mktemp("server"), request.param) as server:
+        yield server
+
+
 @pytest.fixture(scope="module")
 def module_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """One server shared by a module whose tests only read what a fixture logged once."""

@@ -15,10 +15,11 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from pipeline.core.distribute import free_ports
+from pipeline.server import postgres
 
 MLFLOW = [sys.executable, "-m", "mlflow"]
 START_TIMEOUT_S = 90.0
@@ -115,8 +116,9 @@ def start_group(
 class MlflowServer:
     """A lean `mlflow server` on one port and one store; `restart` keeps both."""
 
-    def __init__(self, root: Path, port: int | None = None):
+    def __init__(self, root: Path, port: int | None = None, backend_uri: str | None = None):
         self.root = root
+        self.backend_uri = backend_uri or f"sqlite:///{root / 'mlflow.db'}"
         self.port = port or free_ports(1)[0]
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = root / "server.log"
@@ -124,12 +126,12 @@ class MlflowServer:
         self.starts = 0
 
     def command(self) -> list[str]:
-        """`mlflow server` with a sqlite store and proxied artifacts under `root`."""
+        """`mlflow server` on its store with proxied artifacts under `root`."""
         return [
             *MLFLOW,
             "server",
             "--backend-store-uri",
-            f"sqlite:///{self.root / 'mlflow.db'}",
+            self.backend_uri,
             "--artifacts-destination",
             str(self.root / "artifacts"),
             "--host",
@@ -163,14 +165,17 @@ class MlflowServer:
 
 
 @contextmanager
-def running_server(root: Path) -> Iterator[MlflowServer]:
-    """A started `MlflowServer` under `root`; every process of it is stopped on exit."""
-    server = MlflowServer(root)
-    server.start()
-    try:
+def running_server(root: Path, backend: str = "sqlite") -> Iterator[MlflowServer]:
+    """A started `MlflowServer` under `root`, on sqlite or on a throwaway PostgreSQL cluster
+    (`pipeline.server.postgres`, as `make mlflow-server-pg` runs it); all of it stops on exit."""
+    with ExitStack() as stack:
+        uri = None
+        if backend == "postgresql":
+            uri = stack.enter_context(postgres(free_ports(1)[0])).uri
+        server = MlflowServer(root, backend_uri=uri)
+        server.start()
+        stack.callback(server.stop)
         yield server
-    finally:
-        server.stop()
 
 
 class ModelServer:

@@ -60,15 +60,15 @@ def run_stages(work: Path, params: Path, env: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def pipeline_on_server(
-    module_server: MlflowServer,
+    backend_server: MlflowServer,
     tmp_path_factory: pytest.TempPathFactory,
     default_params: dict[str, Any],
 ) -> PipelineOnServer:
     """Run the real CLI once per module against a real server (the slow part)."""
     work = tmp_path_factory.mktemp("pipeline")
     params = write_tiny_params(work / "params.yaml", default_params)
-    run_stages(work, params, env_for(module_server))
-    return PipelineOnServer(module_server, work)
+    run_stages(work, params, env_for(backend_server))
+    return PipelineOnServer(backend_server, work)
 
 
 def expected_steps(steps: int, every: int = EVERY) -> list[int]:

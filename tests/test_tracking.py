@@ -111,3 +111,16 @@ def test_local_store_lives_in_the_project_root(tmp_path: Path, monkeypatch) -> N
 def _write(path: Path) -> Path:
     path.write_text("x")
     return path
+
+
+def test_each_flush_logs_its_latency_with_the_next(mlflow_uri: str) -> None:
+    with stage_run("classification", "train", {}) as run:
+        run.flush()  # nothing buffered: no request, no latency point
+        assert run.flushes == 0
+        run.log_metrics({"loss": 1.0}, step=1)
+        run.flush()
+        run.log_metrics({"loss": 0.5}, step=2)
+        run.flush()
+    history = MlflowClient(mlflow_uri).get_metric_history(run.run_id, "perf/flush_ms")
+    assert sorted(m.step for m in history) == [1, 2]  # the closing flush adds the second
+    assert all(0 < m.value < 60_000 for m in history)

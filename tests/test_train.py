@@ -256,10 +256,12 @@ def output_shape(out: Path) -> dict[str, object]:
 
 
 def metric_shape(client: MlflowClient, run) -> dict[str, list[int]]:
-    """Every metric key of a run with the steps it was logged at (duplicates would show)."""
+    """Every metric key of a run with the steps it was logged at (duplicates would show);
+    `perf/` timings (e.g. one point per flush) legitimately differ between two trainings."""
     return {
         key: sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
         for key in client.get_run(run.info.run_id).data.metrics
+        if not key.startswith("perf/")
     }
 
 

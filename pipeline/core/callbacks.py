@@ -130,6 +130,7 @@ class MlflowMetrics(StepCallback):
         self.every = every
         self.logged = logged
         self.record = record or TrainingRecord()
+        self.flushed = time.monotonic()
 
     @property
     def step_rows(self) -> list[dict[str, float]]:
@@ -149,6 +150,9 @@ class MlflowMetrics(StepCallback):
             if step > self.logged.steps:
                 self.run.log_metrics(norms, step=step)
             self.step_rows.append({"step": step, **norms})
+            if time.monotonic() - self.flushed >= FLUSH_EVERY_S:
+                self.run.flush()
+                self.flushed = time.monotonic()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         values = {k: float(v) for k, v in (logs or {}).items() if is_epoch_metric(k)}
@@ -191,6 +195,7 @@ class Progress(StepCallback):
         log.info("epoch %d/%d  %s  (%.1f s)", epoch + 1, self.epochs, text, seconds)
 
 
+FLUSH_EVERY_S = 5.0  # metrics reach the tracking store while an epoch runs, not only after it
 ABSURD_LOSS = 1e6  # no task's loss gets near this unless training has blown up
 
 

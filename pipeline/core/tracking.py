@@ -81,14 +81,22 @@ def manifest_tags(manifest: Mapping[str, Any] | None) -> dict[str, str]:
     return {k: v for k, v in tags.items() if v}
 
 
+FLUSH_LATENCY = "perf/flush_ms"  # one point per flush (step = flush number), sent with the next
+
+
 class StageRun:
-    """Handle on an open MLflow run; metrics are buffered until `flush`."""
+    """Handle on an open MLflow run; metrics are buffered until `flush`.
+
+    Each flush's duration is logged as `perf/flush_ms`, so a team can see what its tracking
+    server costs the trainings (`benchmarks/tracking_load.py` reads them back).
+    """
 
     def __init__(self, client: MlflowClient, run_id: str, experiment_id: str):
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
         self._metrics: list[Metric] = []
+        self.flushes = 0
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log flat params in batches of MLflow's maximum size."""
@@ -115,9 +123,16 @@ class StageRun:
     def flush(self) -> None:
         """Send buffered metrics with as few `log_batch` calls as possible."""
         pending, self._metrics = self._metrics, []
+        if not pending:
+            return
+        started = time.perf_counter()
         for start in range(0, len(pending), MAX_METRICS_PER_BATCH):
             chunk = pending[start : start + MAX_METRICS_PER_BATCH]
             self.client.log_batch(self.run_id, metrics=chunk)
+        self.flushes += 1
+        milliseconds = (time.perf_counter() - started) * 1000
+        now = int(time.time() * 1000)
+        self._metrics.append(Metric(FLUSH_LATENCY, milliseconds, now, self.flushes))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload a file or directory to the run's artifact store."""

@@ -1,0 +1,293 @@
+"""Load on a team's tracking server: MLflow on PostgreSQL, killed and restarted mid-load.
+
+N concurrent tiny trainings (each logging every step's gradient norms) and a reader polling
+the runs API like the UI does, against `mlflow server` on a throwaway PostgreSQL cluster on
+loopback (`pipeline.server`, what `make mlflow-server-pg` runs); the server is killed with
+SIGKILL once mid-load and started again. Optionally a `dvc exp run --queue ... -j 2` grid logs
+through the same server. Then every run is checked against what it should hold: points lost
+or duplicated (must be 0) and runs left RUNNING (must be 0). Flush latencies are the
+`perf/flush_ms` points every training logs.
+
+    python benchmarks/tracking_load.py --data data/tokenized/classification \\
+        --out benchmarks/results/tracking_load.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import psutil
+import typer
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pipeline.core.distribute import free_ports
+from pipeline.server import LEAN_ENV, mlflow_command, postgres, wait_healthy
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {  # a few seconds of training that logs every step
+    "units": 8,
+    "embedding_dim": 8,
+    "max_len": 48,
+    "batch_size": 16,
+    "epochs": 2,
+    "max_steps_per_epoch": 40,
+    "log_every_n_steps": 1,
+    "probe_batch_size": 8,
+    "early_stopping_patience": None,
+}
+# Clients outlast a restart (the server is down ~10 s): retry sooner and longer than the CLI's.
+RETRY_ENV = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "7"}
+TIMEOUT_S = 600
+
+
+class Server:
+    """`mlflow server` on a PostgreSQL URI that can be SIGKILLed and started again."""
+
+    def __init__(self, backend_uri: str, root: Path):
+        self.backend_uri, self.root = backend_uri, root
+        self.port = free_ports(1)[0]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with (self.root / "mlflow.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                mlflow_command(self.backend_uri, self.root / "artifacts", self.port),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **LEAN_ENV},
+                start_new_session=True,
+            )
+        wait_healthy(self.uri, self.process)
+
+    def kill(self) -> None:
+        """SIGKILL the whole server, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server and its workers."""
+        try:
+            main = psutil.Process(self.process.pid)
+            parts = [main, *main.children(recursive=True)]
+            return sum(p.memory_info().rss for p in parts) / 2**20
+        except (psutil.Error, AttributeError):
+            return 0.0
+
+
+def write_params(path: Path, extra: dict[str, Any] | None = None) -> Path:
+    """The repository's params with TINY training for classification."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train"]["classification"] |= TINY | (extra or {})
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def start_trainings(data: Path, work: Path, count: int, env: dict[str, str]) -> list[Any]:
+    """`count` trainings of the real `train` command, each in its own directory."""
+    processes = []
+    for index in range(count):
+        out = work / f"training-{index}"
+        out.mkdir(parents=True)
+        params = write_params(out / "params.yaml", {"seed": index})
+        args = ["train", "classification", "--data", str(data.resolve()), "--out", "model",
+                "--plots", "plots", "--metrics", "train.json", "--checkpoints", "ckpt",
+                "--params", str(params)]  # fmt: skip
+        with (out / "train.log").open("w") as log:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "pipeline", *args],
+                    cwd=out,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            )
+    return processes
+
+
+def poll_runs(client: MlflowClient, stop: threading.Event, latencies: list[float]) -> None:
+    """Search the runs every half second, like the runs page of the UI."""
+    while not stop.wait(0.5):
+        started = time.perf_counter()
+        try:
+            for experiment in client.search_experiments():
+                client.search_runs([experiment.experiment_id], max_results=100)
+        except Exception:  # noqa: BLE001 - the server may be down: that is the point
+            continue
+        latencies.append((time.perf_counter() - started) * 1000)
+
+
+def sample(fn: Callable[[], float], stop: threading.Event, into: list[float]) -> None:
+    """Call `fn` every half second until stopped (memory of the server)."""
+    while not stop.wait(0.5):
+        into.append(fn())
+
+
+def wait_for_first_flush(client: MlflowClient, deadline_s: float = 300) -> None:
+    """Block until some training has sent its first gradient norms (the load is on)."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        experiment = client.get_experiment_by_name("classification")
+        if experiment and client.search_runs(
+            [experiment.experiment_id], filter_string="metrics.`grad_norm/global` > 0"
+        ):
+            return
+        time.sleep(0.2)
+    raise RuntimeError("no training logged anything")
+
+
+def run_grid(work: Path, env: dict[str, str]) -> subprocess.Popen:
+    """A `dvc exp run --queue -j 2` grid of two tiny trainings in a scratch project."""
+    repo = work / "grid"
+    shutil.copytree(
+        ROOT / "pipeline", repo / "pipeline", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    write_params(repo / "params.yaml")
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["download"]["classification"]["max_examples"] = 600
+    params["tokenize"]["classification"]["vocab_size"] = 400
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    script = " && ".join([
+        "git init -q", "dvc init -q", "dvc config core.analytics false",
+        "git add -A", "git -c user.name=b -c user.email=b@b commit -qm grid",
+        "dvc repro -q tokenize@classification",
+        "git add -A", "git -c user.name=b -c user.email=b@b commit -qm data",
+        "dvc exp run -q --queue train_classification -S train.classification.units=8,12",
+        "dvc queue start -j 2", "until dvc queue status | grep -q Success && "
+        "! dvc queue status | grep -qE 'Queued|Running'; do sleep 2; done",
+    ])  # fmt: skip
+    return subprocess.Popen(["bash", "-c", script], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def audit(client: MlflowClient) -> dict[str, Any]:
+    """What every training run holds against what it should: lost, duplicated, RUNNING."""
+    experiment = client.get_experiment_by_name("classification")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    training = [r for r in runs if r.data.tags.get("pipeline.stage") == "train"]
+    lost = duplicated = points = 0
+    flushes: list[float] = []
+    for run in training:
+        steps = int(run.data.metrics.get("final.steps", 0))
+        logged = [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/global")]
+        duplicated += len(logged) - len(set(logged))
+        lost += len(set(range(1, steps + 1)) - set(logged))
+        for key in run.data.metrics:
+            points += len(client.get_metric_history(run.info.run_id, key))
+        flushes += [m.value for m in client.get_metric_history(run.info.run_id, "perf/flush_ms")]
+    return {
+        "training_runs": len(training),
+        "finished": sum(r.info.status == "FINISHED" for r in training),
+        "left_running": sum(r.info.status == "RUNNING" for r in runs),
+        "lost_points": lost,
+        "duplicated_points": duplicated,
+        "metric_points": points,
+        "flush_ms": flushes,
+    }
+
+
+def run_load(
+    data: Path, trainings: int, work: Path, backend_uri: str, restart: bool, grid: bool = False
+) -> dict[str, Any]:
+    """One load scenario on a fresh database schema; returns its measurements."""
+    server = Server(backend_uri, work)
+    work.mkdir(parents=True, exist_ok=True)
+    server.start()
+    env = {
+        **os.environ,
+        **RETRY_ENV,
+        "MLFLOW_TRACKING_URI": server.uri,
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
+    client = MlflowClient(server.uri)
+    stop, reads, rss = threading.Event(), [], []
+    threads = [
+        threading.Thread(target=poll_runs, args=(client, stop, reads), daemon=True),
+        threading.Thread(target=sample, args=(server.rss_mb, stop, rss), daemon=True),
+    ]
+    started = time.perf_counter()
+    try:
+        for thread in threads:
+            thread.start()
+        processes = start_trainings(data, work, trainings, env)
+        if grid:
+            processes.append(run_grid(work, env))
+        if restart:
+            wait_for_first_flush(client)
+            server.kill()
+            time.sleep(1.0)
+            server.start()
+        codes = [p.wait(timeout=TIMEOUT_S) for p in processes]
+        seconds = time.perf_counter() - started
+        stop.set()
+        result = audit(client)
+    finally:
+        stop.set()
+        server.kill()
+    flush = np.asarray(result.pop("flush_ms") or [np.nan])
+    return {
+        "trainings": trainings,
+        "grid": grid,
+        "restarted": restart,
+        "exit_codes": codes,
+        "seconds": round(seconds, 1),
+        "points_per_second": round(result["metric_points"] / seconds, 1),
+        "flush_ms_p50": round(float(np.nanpercentile(flush, 50)), 1),
+        "flush_ms_p95": round(float(np.nanpercentile(flush, 95)), 1),
+        "flushes": int(np.isfinite(flush).sum()),
+        "read_ms_p95": round(float(np.percentile(reads or [np.nan], 95)), 1),
+        "server_rss_mb_max": round(max(rss or [0.0]), 1),
+        **result,
+    }
+
+
+def main(
+    data: Annotated[Path, typer.Option(help="Tokenized classification data (dvc repro).")] = Path(
+        "data/tokenized/classification"
+    ),
+    counts: Annotated[
+        list[int] | None, typer.Option("--trainings", help="N concurrent trainings (1 2 4).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+) -> None:
+    """Print one row per load (N trainings, the largest with the DVC grid), all with a restart."""
+    counts = counts or [1, 2, 4]
+    results = []
+    with ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        for count in counts:
+            cluster = stack.enter_context(postgres(free_ports(1)[0]))
+            grid = count == max(counts)
+            row = run_load(data, count, root / f"n{count}", cluster.uri, restart=True, grid=grid)
+            results.append(row)
+            typer.echo(
+                f"N={count}{' + grid' if grid else ''}: {row['points_per_second']} points/s, "
+                f"flush p50 {row['flush_ms_p50']} ms p95 {row['flush_ms_p95']} ms, "
+                f"server {row['server_rss_mb_max']} MB, lost {row['lost_points']}, "
+                f"duplicated {row['duplicated_points']}, left RUNNING {row['left_running']}"
+            )
+    if out:
+        machine = {"cpus": os.cpu_count(), "platform": platform.platform()}
+        out.write_text(json.dumps({"machine": machine, "loads": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    typer.run(main)
