@@ -1,11 +1,11 @@
 """Speech quality over training seeds: the default model on the default (speaker-dependent) split.
 
 For each seed, runs the real `train` and `evaluate` commands with the repository's params.yaml
-(only `train.speech.seed` changed) on the featurized data of `dvc repro featurize@speech`, each
+(only `train.speech.seed` changed) on the featurized data of `dvc repro featurize_speech`, each
 with its own output folder and a throwaway MLflow store; prints a table and mean ± std (sample
 std) of the test metrics, the baseline's and the training time. `--out FILE` also writes JSON.
 
-    dvc repro featurize@speech
+    dvc repro featurize_speech
     python benchmarks/speech_quality.py --out benchmarks/results/speech_quality.json
 """
 
@@ -91,7 +91,7 @@ def main(
 ) -> None:
     """Train and evaluate the speech model once per seed; print and save mean ± std."""
     if not (features / "train.npz").is_file():
-        sys.exit(f"{features} has no train.npz: run `dvc repro featurize@speech` first")
+        sys.exit(f"{features} has no train.npz: run `dvc repro featurize_speech` first")
     with tempfile.TemporaryDirectory() as tmp:
         rows = {s: run_seed(s, features, raw, Path(tmp) / str(s)) for s in seeds or [42, 43, 44]}
     summary = summarize(rows)

@@ -25,14 +25,16 @@ from pipeline.params import Params, ParamsError, PerTask, Task, load_params
 
 app = typer.Typer(
     help="Train, track and compare Keras RNNs: download -> tokenize (text) or featurize "
-    "(speech) -> train -> evaluate.",
+    "(speech, forecasting) -> train -> evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
 
 TaskArg = Annotated[
     Task,
-    typer.Argument(help="Which task: classification, language_model, translation, speech."),
+    typer.Argument(
+        help="Which task: classification, language_model, translation, speech, forecasting."
+    ),
 ]
 ParamsOpt = Annotated[
     Path, typer.Option("--params", help="params.yaml to read (validated before any work).")
@@ -158,7 +160,8 @@ def featurize(
     metrics: Annotated[Path, typer.Option(help="Where to write the stats JSON.")],
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Compute frame features (MFCCs for speech), standardised with train-split statistics."""
+    """Compute numeric features (speech: MFCCs; forecasting: scaled series and windows), scaled
+    with train-split statistics."""
     cfg = task_section(read_params(params).featurize, task)
     from pipeline.core.corpus import write_json
     from pipeline.core.tracking import stage_run
@@ -478,6 +481,31 @@ def server(
         serve(backend.value, root, port, db_port)
     except ServerError as exc:
         raise fail(str(exc)) from None
+
+
+@app.command()
+def forecast(
+    start: Annotated[
+        str, typer.Option(help="First forecast step, `YYYY-MM-DD HH:MM` (a step of the series).")
+    ],
+    model: Annotated[Path, typer.Option(help="Trained model directory (train --out).")] = Path(
+        "models/forecasting"
+    ),
+    data: Annotated[
+        Path, typer.Option(help="Featurized series (featurize --out): history and covariates.")
+    ] = Path("data/features/forecasting"),
+) -> None:
+    """Print the day-ahead demand forecast from START beside the actual demand (forecasting)."""
+    _require_model(model)
+    from pipeline.tasks.forecasting.forecast import forecast_from
+
+    try:
+        rows = forecast_from(model, data, start)
+    except (OSError, ValueError) as exc:
+        raise fail(str(exc), EXIT_BAD_PARAMS if isinstance(exc, ValueError) else 1) from None
+    typer.echo("time\tforecast_gw\tactual_gw")
+    for time, predicted, actual in rows:
+        typer.echo(f"{time}\t{predicted:.4f}\t{actual:.4f}")
 
 
 def _require_texts(texts: list[str]) -> None:

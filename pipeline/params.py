@@ -22,6 +22,7 @@ class Task(StrEnum):
     language_model = "language_model"
     translation = "translation"
     speech = "speech"
+    forecasting = "forecasting"
 
 
 class ParamsError(Exception):
@@ -175,6 +176,47 @@ class SpeechDownload(Section):
         return self
 
 
+Timestamp = Annotated[
+    str,
+    Field(
+        pattern=r"^\d{4}-\d{2}-\d{2}( \d{2}:\d{2})?$",
+        description="A time, `YYYY-MM-DD` or `YYYY-MM-DD HH:MM` (quoted in YAML).",
+    ),
+]
+
+
+class ForecastingDownload(Section):
+    """A regular series (half-hourly electricity demand, temperature), split by time."""
+
+    source: Source
+    format: Literal["elecdemand_pickle"] = Field(
+        "elecdemand_pickle",
+        description="A pickled pandas frame with Demand, WorkDay and Temperature columns, one "
+        "row per step, no timestamps (R's fpp2::elecdemand).",
+    )
+    start: Timestamp = Field(
+        "2014-01-01 00:00", description="Time of the first row (the series has no time column)."
+    )
+    step_minutes: int = Field(30, ge=1, le=1440, description="Minutes between rows.")
+    val_start: Timestamp = Field(
+        "2014-09-01", description="First time in the validation split (earlier rows: train)."
+    )
+    test_start: Timestamp = Field(
+        "2014-11-01", description="First time in the test split (validation ends before it)."
+    )
+    end: Timestamp | None = Field(
+        None, description="Rows at or after this time are dropped (quick runs); none = keep all."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ForecastingDownload:
+        times = [self.start, self.val_start, self.test_start, *([self.end] if self.end else [])]
+        padded = [t if " " in t else f"{t} 00:00" for t in times]  # same-length ISO strings
+        if padded != sorted(padded) or len(set(padded)) != len(padded):
+            raise ValueError("need start < val_start < test_start < end (chronological splits)")
+        return self
+
+
 class DownloadParams(PerTask):
     """The `download` section, one entry per task."""
 
@@ -183,6 +225,7 @@ class DownloadParams(PerTask):
     language_model: LanguageModelDownload
     translation: TranslationDownload
     speech: SpeechDownload
+    forecasting: ForecastingDownload
 
 
 # --------------------------------------------------------------------------- tokenize
@@ -257,11 +300,23 @@ class SpeechFeaturize(Section):
         return self
 
 
+class ForecastingFeaturize(Section):
+    """Scaling (fitted on the train span), calendar features and the forecast windows."""
+
+    history: int = Field(336, ge=2, description="Steps of history before each forecast origin.")
+    horizon: int = Field(48, ge=1, description="Steps forecast from each origin.")
+    stride: int = Field(1, ge=1, description="Steps between training forecast origins.")
+    eval_stride: int = Field(
+        1, ge=1, description="Steps between validation and test forecast origins."
+    )
+
+
 class FeaturizeParams(PerTask):
-    """The `featurize` section: tasks whose inputs are frames of numbers, not text."""
+    """The `featurize` section: tasks whose inputs are numbers, not text."""
 
     key: ClassVar[str] = "featurize"
     speech: SpeechFeaturize
+    forecasting: ForecastingFeaturize
 
 
 # --------------------------------------------------------------------------- train
@@ -327,6 +382,9 @@ class LanguageModelTrain(TrainParams):
 
     stride: int | None = Field(None, ge=1, description="Window stride (tokens); none = max_len.")
     tie_embeddings: bool = Field(False, description="Share input and output embeddings.")
+    embedding_dropout: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of embedding channels dropped for a whole window."
+    )
     report_prompt: str = Field("ROMEO:", description="Prompt of the sample written each epoch.")
     report_tokens: int = Field(60, ge=1, le=2000, description="Tokens in each epoch's sample.")
     report_temperature: float = Field(0.8, gt=0, le=10, description="Its softmax temperature.")
@@ -361,6 +419,30 @@ class SpeechTrain(TrainParams):
     )
 
 
+class ForecastingTrain(TrainParams):
+    """Forecaster: recurrent encoder over the history, a head over the horizon's covariates."""
+
+    embedding_dim: int = Field(
+        0, ge=0, le=4096, description="Width of a per-step Dense projection; 0 = feed features."
+    )
+    max_len: int = Field(
+        336, ge=2, description="History steps the encoder reads (the last of featurize's history)."
+    )
+    bucket_by_length: bool = Field(False, description="Unused: every window has the same length.")
+    head: Literal["direct", "decoder"] = Field(
+        "decoder",
+        description="direct: an MLP on [encoder state, horizon covariates] gives every step at "
+        "once; decoder: a recurrent layer over the horizon's covariates and the encoder state.",
+    )
+    head_units: int = Field(32, ge=1, le=4096, description="Hidden width of the head.")
+    seasonal_inputs: bool = Field(
+        True,
+        description="Each horizon step also reads the demand a day and a week before it (from "
+        "the history), as the ridge baseline does.",
+    )
+    loss: Literal["mae", "mse"] = Field("mae", description="Training loss on scaled demand.")
+
+
 class TrainSection(PerTask):
     """The `train` section, one entry per task."""
 
@@ -369,6 +451,7 @@ class TrainSection(PerTask):
     language_model: LanguageModelTrain
     translation: TranslationTrain
     speech: SpeechTrain
+    forecasting: ForecastingTrain
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -413,6 +496,17 @@ class SpeechEvaluate(Section):
     baseline_c: float = Field(1.0, gt=0, le=1e6, description="Inverse L2 strength of the LR.")
 
 
+class ForecastingEvaluate(Section):
+    """Baselines and plots of the forecaster's evaluation."""
+
+    ridge_alpha: float = Field(
+        1.0, gt=0, le=1e6, description="L2 strength of the ridge regression baseline."
+    )
+    plot_days: int = Field(
+        7, ge=1, le=60, description="Days of the test span drawn as forecast vs actual."
+    )
+
+
 class EvaluateSection(PerTask):
     """The `evaluate` section, one entry per task."""
 
@@ -421,6 +515,7 @@ class EvaluateSection(PerTask):
     language_model: LanguageModelEvaluate
     translation: TranslationEvaluate
     speech: SpeechEvaluate
+    forecasting: ForecastingEvaluate
 
 
 # --------------------------------------------------------------------------- whole file

@@ -17,6 +17,8 @@ from pipeline.core.gradient_flow import (
     plot_flow,
     summarize_flow,
 )
+from pipeline.params import ClassificationTrain
+from pipeline.tasks.classification.model import build_classifier
 
 VOCAB = 20
 RTOL = 1e-5
@@ -117,6 +119,35 @@ def test_bidirectional_matches_reference() -> None:
     np.testing.assert_allclose(curves["rnn_1/forward"], forward, rtol=RTOL)
     np.testing.assert_allclose(curves["rnn_1/backward"], backward, rtol=RTOL)
     assert curves["rnn_1/backward"][0] > curves["rnn_1/backward"][-1]
+
+
+def unroll_all(cell: keras.layers.Layer, x: tf.Tensor, eps: list) -> tf.Tensor:
+    """Like `unroll`, but return every h_t (+ eps[t]) stacked on a time axis."""
+    states, hs = cell.get_initial_state(batch_size=x.shape[0]), []
+    for t in range(x.shape[1]):
+        output, new_states = cell(x[:, t], states)
+        hs.append(output + eps[t])
+        states = [hs[-1], *new_states[1:]]
+    return tf.stack(hs, axis=1)
+
+
+def test_pooled_head_matches_reference_with_its_direct_paths() -> None:
+    """Under max+mean pooling each h_t reaches the loss directly and through the recurrence;
+    the probe's total derivative includes both (a last-state head has only the second)."""
+    cfg = ClassificationTrain(cell="gru", units=5, embedding_dim=4, pooling="max_mean")
+    model = build_classifier(cfg, VOCAB)
+    tokens, targets = random_batch([10, 10], steps=10, seed=9)
+    curve = GradientFlowProbe(model, tokens, targets, bce_sum()).measure()["rnn_1"]
+    x = model.get_layer("embedding")(tokens)
+    with tf.GradientTape() as tape:
+        eps = [tf.zeros((2, cfg.units)) for _ in range(10)]
+        tape.watch(eps)
+        hs = unroll_all(model.get_layer("rnn_1").cell, x, eps)
+        pooled = tf.concat([tf.reduce_max(hs, axis=1), tf.reduce_mean(hs, axis=1)], axis=-1)
+        loss = bce_sum()(targets, model.get_layer("head")(pooled))
+    expected = np.stack([tf.norm(g, axis=-1).numpy() for g in tape.gradient(loss, eps)], 1)
+    np.testing.assert_allclose(curve, expected.mean(0), rtol=RTOL)
+    assert gradient_horizon(curve) == 10  # the direct paths keep every step within 100x
 
 
 def test_pad_steps_excluded() -> None:

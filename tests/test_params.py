@@ -49,6 +49,16 @@ def test_repository_params_are_valid() -> None:
             "train.translation.bidirectional: expected a valid boolean",
         ),
         ("train.classification.unitz", 3, "train.classification.unitz: unknown key"),
+        (
+            "train.classification.pooling",
+            "attention",
+            "train.classification.pooling: expected one of last, max_mean, got 'attention'",
+        ),
+        (
+            "train.language_model.embedding_dropout",
+            1.0,
+            "train.language_model.embedding_dropout: expected a value < 1.0, got 1.0",
+        ),
         # Values that used to slip through: coerced strings/booleans, huge seeds, inf, absurd rates.
         ("train.classification.units", "8", "train.classification.units: expected a valid integer"),
         (

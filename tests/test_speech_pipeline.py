@@ -17,7 +17,7 @@ from tests.test_pipeline import make_project, ran, run
 from tests.test_speech import tone, wav_bytes
 
 pytestmark = pytest.mark.slow
-STAGES = ["download@speech", "featurize@speech", "train_speech", "evaluate_speech"]
+STAGES = ["download@speech", "featurize_speech", "train_speech", "evaluate_speech"]
 TINY_SPEECH = {
     "download.speech.max_examples": 300,
     "train.speech.units": 16,

@@ -72,6 +72,8 @@ class TrainingRecord:
         if not path.is_file() or finished_epochs == 0:
             return cls()
         record = cls(**json.loads(path.read_text(encoding="utf-8")))
+        if len(record.epoch_steps) < finished_epochs:  # not written by this version: no rows
+            return cls()
         last_step = record.epoch_steps[finished_epochs - 1]
         return cls(
             epoch_rows=record.epoch_rows[:finished_epochs],

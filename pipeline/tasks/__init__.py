@@ -4,7 +4,9 @@ A task package `pipeline.tasks.<task>` holds its model builder, its data handlin
 modules only it uses, plus two entry modules the stages load by name:
 
 - `train.py` implements `TrainingTask` (what the shared trainer needs, and a post-training hook);
-- `evaluate.py` implements `EvaluationTask` (test metrics beside a baseline, and reports).
+- `evaluate.py` implements `EvaluationTask` (test metrics beside a baseline, and reports);
+- `featurize.py`, for tasks whose inputs are numbers rather than text, implements
+  `FeaturizeTask` (the featurize stage's work).
 
 The stages import only these entry modules (and what they import), which is how `dvc.yaml`
 can list exactly the code each stage depends on (`tests/test_structure.py` checks it).
@@ -52,6 +54,19 @@ class EvaluationTask(Protocol):
         ...
 
 
+@runtime_checkable
+class FeaturizeTask(Protocol):
+    """What the featurize stage needs from a task (its `featurize.py` module)."""
+
+    def featurize(self, cfg: Any, data_dir: Path, out_dir: Path) -> dict[str, float]:
+        """Write the task's features of the downloaded splits into `out_dir`; return stats."""
+        ...
+
+    def artifacts(self, cfg: Any) -> tuple[str, ...]:
+        """File names in `out_dir` to log to the run (e.g. the fitted scaling)."""
+        ...
+
+
 def entry_module(task: str, stage: str) -> str:
     """The module a stage loads for a task: `pipeline.tasks.<task>.<stage>`."""
     return f"{__name__}.{task}.{stage}"
@@ -73,3 +88,8 @@ def training_task(task: str) -> TrainingTask:
 def evaluation_task(task: str) -> EvaluationTask:
     """The evaluation side of a task."""
     return _load(task, "evaluate", EvaluationTask)
+
+
+def featurization_task(task: str) -> FeaturizeTask:
+    """The featurize side of a task (tasks whose inputs are not text)."""
+    return _load(task, "featurize", FeaturizeTask)

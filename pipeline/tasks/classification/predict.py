@@ -11,6 +11,7 @@ import sentencepiece as spm
 from pipeline.core.corpus import TOKENIZER
 from pipeline.core.datasets import pad_batch
 from pipeline.core.saved import load_model
+from pipeline.tasks.classification import model as _custom_layers  # noqa: F401  (registers them)
 
 THRESHOLD = 0.5  # P(positive) at or above this is labelled positive
 LABELS = ("negative", "positive")

@@ -45,16 +45,21 @@ class VocabBias(keras.layers.Layer):
 def build_language_model(cfg: LanguageModelTrain, vocab_size: int) -> keras.Model:
     """Build Embedding -> RNN (all steps) -> logits, optionally with tied input/output weights."""
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
+    # Masked embedding: pad steps (id 0) neither update the state nor count in the loss.
+    if cfg.tie_embeddings:
+        embedding = TiedEmbedding(vocab_size, cfg.embedding_dim, mask_zero=True, name="embedding")
+    else:
+        embedding = token_embedding(vocab_size, cfg.embedding_dim)
+    x = embedding(tokens)
+    if cfg.embedding_dropout > 0:
+        # The same embedding channels are dropped at every position of a window.
+        x = keras.layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)
+    # Recurrent block: every layer returns its whole sequence, one state per position.
+    x = recurrent_stack(x, cfg, sequences=True)
     if not cfg.tie_embeddings:
-        # Masked embedding: pad steps (id 0) neither update the state nor count in the loss.
-        x = token_embedding(vocab_size, cfg.embedding_dim)(tokens)
-        # Recurrent block: every layer returns its whole sequence, one state per position.
-        x = recurrent_stack(x, cfg, sequences=True)
         # Head: unnormalised next-token scores (the loss applies the softmax).
         logits = keras.layers.Dense(vocab_size, name="head")(x)
         return keras.Model(tokens, logits, name="language_model")
-    embedding = TiedEmbedding(vocab_size, cfg.embedding_dim, mask_zero=True, name="embedding")
-    x = recurrent_stack(embedding(tokens), cfg, sequences=True)
     if cfg.units != cfg.embedding_dim:
         # Tied logits need hidden states in embedding space.
         x = keras.layers.Dense(cfg.embedding_dim, name="projection")(x)

@@ -1,0 +1,175 @@
+"""Quality over training seeds: the default classifier and language model against their baselines.
+
+For each task and seed, runs the real `train` and `evaluate` commands with the repository's
+params.yaml (`train.<task>.seed` and any `--set` overrides changed) on the tokenized data of
+`dvc repro`, each with its own output folder and a throwaway MLflow store; prints a table and
+mean ± std (sample std) of the test metrics, the baseline's, the gradient horizons and the
+training time, with the load average around each training (the 2-core reference machine is
+often shared, so times are upper bounds).
+
+    dvc repro tokenize@classification tokenize@language_model
+    python benchmarks/quality.py --out benchmarks/results/quality.json
+    # one cell of the README's cell comparison
+    python benchmarks/quality.py --task classification --seed 42 \
+        --set train.classification.cell=lstm --out benchmarks/results/cells/lstm.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = {
+    "classification": (
+        "test.accuracy",
+        "baseline.accuracy",
+        "test.roc_auc",
+        "baseline.roc_auc",
+        "val_accuracy",
+        "epochs_run",
+        "train_seconds",
+        "load_average",
+    ),
+    "language_model": (
+        "test.perplexity",
+        "baseline.perplexity",
+        "perplexity_ratio",
+        "test.bpc",
+        "baseline.bpc",
+        "val_perplexity",
+        "epochs_run",
+        "train_seconds",
+        "load_average",
+    ),
+}
+
+
+def pipeline(args: list[str], env: dict[str, str]) -> None:
+    """Run one `python -m pipeline` command from the repository root; stop on failure."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    if done.returncode:
+        sys.exit(f"pipeline {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+
+
+def train_and_evaluate(task: str, work: Path, env: dict[str, str]) -> dict[str, float]:
+    """Train, then evaluate on the test split; return both metrics files merged."""
+    data, raw = ROOT / "data/tokenized" / task, ROOT / "data/raw" / task
+    common = ["--params", str(work / "params.yaml")]
+    load = os.getloadavg()[0]
+    pipeline(
+        ["train", task, "--data", str(data), "--out", str(work / "model")]
+        + ["--plots", str(work / "plots"), "--metrics", str(work / "train.json")]
+        + ["--checkpoints", str(work / "checkpoints"), *common],
+        env,
+    )
+    load = (load + os.getloadavg()[0]) / 2  # 1-minute load before and after training
+    pipeline(
+        ["evaluate", task, "--model", str(work / "model"), "--data", str(data)]
+        + ["--raw", str(raw), "--reports", str(work / "reports")]
+        + ["--metrics", str(work / "evaluate.json"), *common],
+        env,
+    )
+    merged = json.loads((work / "train.json").read_text())
+    return merged | json.loads((work / "evaluate.json").read_text()) | {"load_average": load}
+
+
+def overridden(overrides: list[str]) -> dict:
+    """params.yaml with `dotted.key=value` overrides applied (values parsed as YAML)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    for override in overrides:
+        key, _, value = override.partition("=")
+        *parents, leaf = key.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        if leaf not in node:
+            sys.exit(f"--set {override}: no such key in params.yaml")
+        node[leaf] = yaml.safe_load(value)
+    return params
+
+
+def run_seed(task: str, seed: int, params: dict, work: Path) -> dict[str, float]:
+    """Train and evaluate one task with one training seed; return the metrics of interest."""
+    work.mkdir(parents=True)
+    params = {**params, "train": {**params["train"], task: {**params["train"][task], "seed": seed}}}
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
+    results = train_and_evaluate(task, work, env)
+    if task == "language_model":
+        results["perplexity_ratio"] = results["test.perplexity"] / results["baseline.perplexity"]
+    flow = sorted(k for k in results if k.startswith(("grad_horizon/", "grad_log_ratio/")))
+    return {key: float(results[key]) for key in (*KEYS[task], *flow)}
+
+
+def summarize(task: str, rows: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Mean and sample standard deviation of each metric over the seeds."""
+    summary = {}
+    for key in next(iter(rows.values())):
+        values = np.asarray([row[key] for row in rows.values()])
+        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        summary[key] = {"mean": float(values.mean()), "std": std}
+    return summary
+
+
+def show(task: str, rows: dict[int, dict[str, float]], summary: dict) -> None:
+    """Print one row per seed and the mean ± std row."""
+    keys = list(next(iter(rows.values())))
+    typer.echo(f"\n{task}\n{'seed':>6} " + " ".join(f"{key:>20}" for key in keys))
+    for seed, row in rows.items():
+        typer.echo(f"{seed:>6} " + " ".join(f"{row[key]:>20.4f}" for key in keys))
+    typer.echo(
+        f"{'mean':>6} "
+        + " ".join(f"{summary[k]['mean']:>11.4f} ± {summary[k]['std']:<6.4f}" for k in keys)
+    )
+
+
+def main(
+    tasks: Annotated[
+        list[str] | None,
+        typer.Option("--task", help="classification and/or language_model (repeatable)."),
+    ] = None,
+    seeds: Annotated[
+        list[int] | None, typer.Option("--seed", help="A training seed (repeatable; 42 43 44).")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a param, e.g. train.classification.cell=lstm."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write results as JSON here.")] = None,
+) -> None:
+    """Train and evaluate each task's default model once per seed; print and save mean ± std."""
+    tasks = tasks or list(KEYS)
+    for task in tasks:
+        if task not in KEYS:
+            sys.exit(f"unknown task {task!r}: expected one of {', '.join(KEYS)}")
+        if not (ROOT / "data/tokenized" / task / "train.npz").is_file():
+            sys.exit(f"no tokenized {task} data: run `dvc repro tokenize@{task}` first")
+    params = overridden(overrides or [])
+    result: dict = {"cpus": os.cpu_count(), "overrides": overrides or [], "tasks": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for task in tasks:
+            work = Path(tmp) / task
+            rows = {s: run_seed(task, s, params, work / str(s)) for s in seeds or [42, 43, 44]}
+            summary = summarize(task, rows)
+            show(task, rows, summary)
+            train = params["train"][task]
+            result["tasks"][task] = {"train_params": train, "seeds": rows, "summary": summary}
+            if out:  # after every task, so a long run keeps what it finished
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    typer.run(main)

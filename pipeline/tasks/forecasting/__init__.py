@@ -1,0 +1,1 @@
+"""Day-ahead electricity demand forecasting: recurrent encoder vs naive and ridge baselines."""

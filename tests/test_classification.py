@@ -1,0 +1,67 @@
+"""Classifier builder: masked max+mean pooling over time, embedding dropout, saving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.core.saved import load_model
+from pipeline.params import ClassificationTrain
+from pipeline.tasks.classification.model import MaskedMaxMeanPooling, build_classifier
+
+POOLED = ClassificationTrain(
+    cell="gru", units=6, embedding_dim=5, pooling="max_mean", embedding_dropout=0.3
+)
+
+
+def test_pooling_reads_only_real_timesteps() -> None:
+    """Pads enter neither the max nor the mean (GlobalMaxPooling1D would let a 0 pad win)."""
+    states = np.array([[[-3.0, 1.0], [-1.0, 2.0], [0.0, 0.0], [0.0, 0.0]]], dtype="float32")
+    mask = np.array([[True, True, False, False]])
+    pooled = MaskedMaxMeanPooling()(states, mask=mask).numpy()
+    np.testing.assert_allclose(pooled, [[-1.0, 2.0, -2.0, 1.5]])
+    assert keras.layers.GlobalMaxPooling1D()(states).numpy()[0, 0] == 0.0  # the pitfall
+
+
+def test_empty_review_pools_to_zeros() -> None:
+    states = np.ones((2, 3, 2), dtype="float32")
+    mask = np.array([[False, False, False], [True, False, False]])
+    pooled = MaskedMaxMeanPooling()(states, mask=mask).numpy()
+    np.testing.assert_allclose(pooled, [[0, 0, 0, 0], [1, 1, 1, 1]])
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_padding_does_not_change_the_prediction(bidirectional: bool) -> None:
+    model = build_classifier(POOLED.model_copy(update={"bidirectional": bidirectional}), 30)
+    review = np.array([[4, 9, 2, 17, 5]], dtype="int32")
+    padded = np.concatenate([review, np.zeros((1, 6), dtype="int32")], axis=1)
+    np.testing.assert_allclose(model(padded), model(review), rtol=1e-5)
+
+
+def test_pooled_head_reads_every_hidden_state() -> None:
+    model = build_classifier(POOLED, 30)
+    assert model.get_layer("rnn_1").return_sequences
+    assert model.get_layer("pooling").output.shape == (None, 2 * POOLED.units)
+    last = build_classifier(ClassificationTrain(units=6, pooling="last"), 30)
+    assert not last.get_layer("rnn_1").return_sequences
+
+
+def test_embedding_dropout_is_active_only_in_training() -> None:
+    model = build_classifier(POOLED, 30)
+    tokens = np.tile(np.arange(1, 21, dtype="int32"), (4, 1))
+    layer = model.get_layer("embedding_dropout")
+    x = model.get_layer("embedding")(tokens)
+    np.testing.assert_array_equal(layer(x, training=False), x)
+    dropped = layer(x, training=True).numpy() == 0
+    # Whole channels go: a channel dropped at one position is dropped at every position.
+    assert dropped.any() and (dropped.all(axis=1) == dropped.any(axis=1)).all()
+
+
+def test_pooled_model_saves_and_loads(tmp_path: Path) -> None:
+    model = build_classifier(POOLED, 30)
+    model.save(tmp_path / "model.keras")
+    tokens = np.array([[3, 4, 5, 0], [7, 0, 0, 0]], dtype="int32")
+    np.testing.assert_allclose(load_model(tmp_path)(tokens), model(tokens), rtol=1e-6)
