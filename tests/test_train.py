@@ -149,7 +149,7 @@ def test_evaluate_matches_scikit_learn_on_saved_predictions(trained, mlflow_uri)
             "predict",
             "classification",
             "great film",
-            "",
+            "a dull, tired plot",
             "--model",
             str(out / "model"),
             "--params",
