@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
-import yaml
+from seeds import ROOT, run_seed, summarize
 
-ROOT = Path(__file__).resolve().parents[1]
 KEYS = (
     "test.accuracy",
     "test.macro_f1",
@@ -33,51 +30,6 @@ KEYS = (
     "epochs_run",
     "train_seconds",
 )
-
-
-def pipeline(args: list[str], env: dict[str, str]) -> None:
-    """Run one `python -m pipeline` command from the repository root; stop on failure."""
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    if done.returncode:
-        sys.exit(f"pipeline {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-
-
-def run_seed(seed: int, features: Path, raw: Path, work: Path) -> dict[str, float]:
-    """Train and evaluate with one training seed; return the metrics of interest."""
-    work.mkdir(parents=True)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    params["train"]["speech"]["seed"] = seed
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
-    common = ["--params", str(work / "params.yaml")]
-    pipeline(
-        ["train", "speech", "--data", str(features), "--out", str(work / "model")]
-        + ["--plots", str(work / "plots"), "--metrics", str(work / "train.json")]
-        + ["--checkpoints", str(work / "checkpoints"), *common],
-        env,
-    )
-    pipeline(
-        ["evaluate", "speech", "--model", str(work / "model"), "--data", str(features)]
-        + ["--raw", str(raw), "--reports", str(work / "reports")]
-        + ["--metrics", str(work / "evaluate.json"), *common],
-        env,
-    )
-    results = json.loads((work / "train.json").read_text()) | json.loads(
-        (work / "evaluate.json").read_text()
-    )
-    return {key: float(results[key]) for key in KEYS}
-
-
-def summarize(rows: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean and sample standard deviation of each metric over the seeds."""
-    summary = {}
-    for key in KEYS:
-        values = np.asarray([row[key] for row in rows.values()])
-        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        summary[key] = {"mean": float(values.mean()), "std": std}
-    return summary
 
 
 def main(
@@ -93,8 +45,11 @@ def main(
     if not (features / "train.npz").is_file():
         sys.exit(f"{features} has no train.npz: run `dvc repro featurize_speech` first")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = {s: run_seed(s, features, raw, Path(tmp) / str(s)) for s in seeds or [42, 43, 44]}
-    summary = summarize(rows)
+        rows = {
+            s: run_seed("speech", s, features, raw, Path(tmp) / str(s), KEYS)
+            for s in seeds or [42, 43, 44]
+        }
+    summary = summarize(rows, KEYS)
     typer.echo(f"{'seed':>6} " + " ".join(f"{key:>18}" for key in KEYS))
     for seed, row in rows.items():
         typer.echo(f"{seed:>6} " + " ".join(f"{row[key]:>18.4f}" for key in KEYS))
