@@ -16,12 +16,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pipeline.core.corpus import MANIFEST, MODEL_FILE
+from pipeline.core.corpus import MANIFEST, MODEL_FILE, write_json
 from pipeline.params import Params, ParamsError, PerTask, Task, load_params
+
+if TYPE_CHECKING:
+    from pipeline.core.tracking import StageRun
 
 app = typer.Typer(
     help="Train, track and compare Keras RNNs: download -> tokenize (text) or featurize "
@@ -133,7 +136,6 @@ def tokenize(
 ) -> None:
     """Train SentencePiece on the train split and encode every split to integer ids."""
     cfg = task_section(read_params(params).tokenize, task)
-    from pipeline.core.corpus import write_json
     from pipeline.core.tracking import stage_run
     from pipeline.tokenize import VocabularyTooSmall, run_tokenize
 
@@ -142,9 +144,7 @@ def tokenize(
     try:
         with stage_run(task, "tokenize", cfg.model_dump(mode="json"), manifest=manifest) as run:
             result = run_tokenize(task, cfg, data, out)
-            write_json(metrics, result.stats)
-            run.log_metrics(result.stats)
-            run.log_artifact(metrics)
+            _log_stats(run, metrics, result.stats)
             for model in sorted(out.glob("*.model")):
                 run.log_artifact(model, "tokenizer")
     except VocabularyTooSmall as exc:
@@ -163,19 +163,17 @@ def featurize(
     """Compute numeric features (speech: MFCCs; forecasting: scaled series and windows), scaled
     with train-split statistics."""
     cfg = task_section(read_params(params).featurize, task)
-    from pipeline.core.corpus import write_json
     from pipeline.core.tracking import stage_run
     from pipeline.featurize import run_featurize
 
     manifest = _read_manifest(data)
+    _require_writable(out, metrics)
     with stage_run(task, "featurize", cfg.model_dump(mode="json"), manifest=manifest) as run:
         try:
             result = run_featurize(task, cfg, data, out)
         except (OSError, ValueError) as exc:
             raise fail(str(exc)) from None
-        write_json(metrics, result.stats)
-        run.log_metrics(result.stats)
-        run.log_artifact(metrics)
+        _log_stats(run, metrics, result.stats)
         for name in result.artifacts:
             run.log_artifact(out / name, "featurizer")
     typer.echo(f"wrote {out}: features={int(result.stats['num_features'])}")
@@ -506,6 +504,13 @@ def forecast(
     typer.echo("time\tforecast_gw\tactual_gw")
     for time, predicted, actual in rows:
         typer.echo(f"{time}\t{predicted:.4f}\t{actual:.4f}")
+
+
+def _log_stats(run: StageRun, path: Path, stats: dict[str, float]) -> None:
+    """Write a stage's statistics JSON and log it as metrics and as an artifact."""
+    write_json(path, stats)
+    run.log_metrics(stats)
+    run.log_artifact(path)
 
 
 def _require_texts(texts: list[str]) -> None:
