@@ -18,17 +18,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 import yaml
+from seeds import ROOT, pipeline, summarize
 
-ROOT = Path(__file__).resolve().parents[1]
 KEYS = {
     "classification": (
         "test.accuracy",
@@ -52,15 +50,6 @@ KEYS = {
         "load_average",
     ),
 }
-
-
-def pipeline(args: list[str], env: dict[str, str]) -> None:
-    """Run one `python -m pipeline` command from the repository root; stop on failure."""
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    if done.returncode:
-        sys.exit(f"pipeline {' '.join(args)} failed:\n{done.stderr[-3000:]}")
 
 
 def train_and_evaluate(task: str, work: Path, env: dict[str, str]) -> dict[str, float]:
@@ -113,16 +102,6 @@ def run_seed(task: str, seed: int, params: dict, work: Path) -> dict[str, float]
     return {key: float(results[key]) for key in (*KEYS[task], *flow)}
 
 
-def summarize(task: str, rows: dict[int, dict[str, float]]) -> dict[str, dict[str, float]]:
-    """Mean and sample standard deviation of each metric over the seeds."""
-    summary = {}
-    for key in next(iter(rows.values())):
-        values = np.asarray([row[key] for row in rows.values()])
-        std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-        summary[key] = {"mean": float(values.mean()), "std": std}
-    return summary
-
-
 def show(task: str, rows: dict[int, dict[str, float]], summary: dict) -> None:
     """Print one row per seed and the mean ± std row."""
     keys = list(next(iter(rows.values())))
@@ -162,7 +141,7 @@ def main(
         for task in tasks:
             work = Path(tmp) / task
             rows = {s: run_seed(task, s, params, work / str(s)) for s in seeds or [42, 43, 44]}
-            summary = summarize(task, rows)
+            summary = summarize(rows, list(next(iter(rows.values()))))
             show(task, rows, summary)
             train = params["train"][task]
             result["tasks"][task] = {"train_params": train, "seeds": rows, "summary": summary}

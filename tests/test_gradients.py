@@ -197,3 +197,18 @@ def test_xla_step_agrees_with_the_plain_step(task: str) -> None:
         assert float(xla["logs"][key]) == pytest.approx(float(value), rel=1e-5), key
     for before, after in zip(plain["weights"], xla["weights"], strict=True):
         np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-7)
+
+
+def test_cosine_schedule_decays_to_zero_at_the_last_step() -> None:
+    plain = build_classifier(TINY, vocab_size=20)
+    train = tf.data.Dataset.from_tensor_slices(tiny_batch()).batch(2)  # 4 steps per epoch
+    setup = TrainingSetup(plain, "binary_crossentropy", [], train, None, None, None, None)
+    cfg = TrainParams(learning_rate=0.01, epochs=3, lr_schedule="cosine")
+    optimizer = compile_model(setup, cfg).optimizer
+    rates = []
+    for step in (0, 6, 12):
+        optimizer.iterations.assign(step)
+        rates.append(float(optimizer.learning_rate))
+    assert rates == pytest.approx([0.01, 0.005, 0.0], abs=1e-7)
+    constant = compile_model(setup, cfg.model_copy(update={"lr_schedule": "constant"}))
+    assert float(constant.optimizer.learning_rate) == pytest.approx(0.01)

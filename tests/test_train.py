@@ -30,6 +30,10 @@ TINY_TRAIN = {
     "train.classification.log_every_n_steps": 5,
     "train.classification.probe_batch_size": 8,
     "train.classification.early_stopping_patience": None,
+    # 2 epochs of 480 reviews: regularisation and a decaying rate would only hide the learning.
+    "train.classification.dropout": 0.0,
+    "train.classification.embedding_dropout": 0.0,
+    "train.classification.lr_schedule": "constant",
 }
 
 

@@ -208,11 +208,12 @@ def compile_model(setup: TrainingSetup, cfg: TrainParams) -> InstrumentedModel:
     model = InstrumentedModel(
         setup.model.inputs, setup.model.outputs, clip_norm=cfg.clip_norm, name=setup.model.name
     )
+    optimizer = make_optimizer(cfg)
+    if cfg.lr_schedule == "cosine":  # from learning_rate down to 0 at the last step of training
+        steps = max(int(setup.train.cardinality()), 1) * cfg.epochs
+        optimizer.learning_rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps)
     model.compile(
-        optimizer=make_optimizer(cfg),
-        loss=setup.loss,
-        metrics=setup.metrics,
-        jit_compile=cfg.jit_compile,
+        optimizer=optimizer, loss=setup.loss, metrics=setup.metrics, jit_compile=cfg.jit_compile
     )
     return model
 
