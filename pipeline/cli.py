@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pipeline.core.corpus import MANIFEST, MODEL_FILE, write_json
+from pipeline.core.quiet import quiet_tensorflow
 from pipeline.params import Params, ParamsError, PerTask, Task, load_params
 
 if TYPE_CHECKING:
@@ -54,10 +55,14 @@ TRACKING_RETRIES = {
 
 @app.callback()
 def _configure(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="Debug logging, and TensorFlow's native log lines."),
+    ] = False,
 ) -> None:
     """Set up logging once per process (the CLI owns the process, modules only log)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not verbose:
+        quiet_tensorflow()
     for key, value in TRACKING_RETRIES.items():
         os.environ.setdefault(key, value)
     logging.basicConfig(
