@@ -6,7 +6,7 @@ export UV_COMPILE_BYTECODE := 1
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup setup-team repro test test-fast lint compare-cells mlflow-ui mlflow-server mlflow-server-pg clean
+.PHONY: setup setup-team repro test test-fast lint compare-cells plots mlflow-ui mlflow-server mlflow-server-pg clean
 
 $(BIN)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
@@ -45,6 +45,13 @@ compare-cells: setup  ## Compare cells on TASK (default classification) and open
 	$(if $(filter language_model,$(TASK)),,dvc exp run --temp evaluate_$(TASK) \
 		-S train.$(TASK).cell=gru -S train.$(TASK).bidirectional=true $(SET))
 	python -m pipeline compare $(TASK) --last $(if $(filter language_model,$(TASK)),3,4) --open
+
+# `dvc plots show` as a page that draws offline: the Vega scripts come once from the npm registry
+# (pinned, sha512-checked) into dvc_plots/vendor/ (git-ignored), which .dvc/plots/offline.html
+# loads instead of a CDN.
+plots: setup  ## Write dvc_plots/index.html (loss, gradient norms, gradient flow), viewable offline.
+	python -m pipeline vendor-vega --out dvc_plots/vendor
+	dvc plots show --html-template .dvc/plots/offline.html -o dvc_plots
 
 mlflow-ui: setup  ## Browse runs in the local store at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000

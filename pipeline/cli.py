@@ -457,6 +457,26 @@ def recognize(
         typer.echo(f"{digit}\t{probability:.4f}")
 
 
+@app.command("vendor-vega")
+def vendor_vega(
+    out: Annotated[
+        Path, typer.Option(help="The `vendor/` folder beside the plots page (`make plots`).")
+    ] = Path("dvc_plots/vendor"),
+    registry: Annotated[
+        str | None, typer.Option(help="An npm registry mirror (default: registry.npmjs.org).")
+    ] = None,
+) -> None:
+    """Fetch the pinned Vega scripts of the offline `dvc plots show` page from npm (once,
+    sha512-checked)."""
+    from pipeline.vega import REGISTRY, IntegrityError, fetch_scripts
+
+    try:
+        paths = fetch_scripts(out, registry=(registry or REGISTRY).rstrip("/"))
+    except (OSError, IntegrityError) as exc:
+        raise fail(f"cannot fetch the Vega scripts: {exc}") from None
+    typer.echo(f"{out}: " + ", ".join(path.name for path in paths))
+
+
 class Backend(StrEnum):
     """Where a team's tracking server keeps runs."""
 

@@ -1,8 +1,9 @@
-"""The MLflow UI, in a real headless Chromium, shows a training run's gradient norms.
+"""The MLflow UI and the offline DVC plots page, in a real headless Chromium.
 
 A user's path: switch the UI to model training, open the task's experiment, open the training
 run, find `grad_norm/global` in its metrics table (with the value the client reads) and as a
-chart in the model-metrics tab. Screenshots go to `tmp_path` and to `$PYTEST_ARTIFACTS`.
+chart in the model-metrics tab. The page of `make plots` draws every chart with no network.
+Screenshots go to `tmp_path` and to `$PYTEST_ARTIFACTS`.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import pytest
 from mlflow.entities import Run
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from pipeline.vega import fetch_scripts
 from tests.mlflow_server import MlflowServer
 from tests.pipeline_runs import train_on, write_tiny_params
+from tests.test_dvc_views import PLOTS, dvc, plots_project
 
 pytest_plugins = ["tests.conftest_server"]
 pytestmark = pytest.mark.slow
@@ -109,4 +112,39 @@ def test_ui_shows_the_gradient_norm_of_a_training_run(
         screenshot(page, "ui-grad-norm-chart.png", tmp_path)
     except BaseException:
         screenshot(page, "ui-failure.png", tmp_path)
+        raise
+
+
+# Pixels of each chart canvas in a colour (the curves), not black, grey or white (axes, text).
+CURVE_PIXELS_JS = """() => [...document.querySelectorAll('canvas.marks')].map(canvas => {
+    if (!canvas.width || !canvas.height) return 0;
+    const rgba = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+    let curve = 0;
+    for (let i = 0; i < rgba.length; i += 4) {
+        const [r, g, b, a] = rgba.slice(i, i + 4);
+        if (a > 128 && Math.max(r, g, b) - Math.min(r, g, b) > 60) curve++;
+    }
+    return curve;
+})"""
+
+
+def test_offline_plots_page_draws_every_chart(browser: Browser, tmp_path: Path) -> None:
+    """What `make plots` writes, opened with the network cut: every JSON plot is drawn."""
+    project, out = plots_project(tmp_path / "project"), tmp_path / "dvc_plots"
+    fetch_scripts(out / "vendor")
+    dvc(project, "plots", "show", "--html-template", ".dvc/plots/offline.html", "-o", str(out))
+    charts = sum(path.endswith(".json") for path, _ in PLOTS)
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.route(re.compile(r"^https?://"), lambda route: route.abort())
+    try:
+        page.goto((out / "index.html").as_uri())
+        expect(page.locator("canvas.marks")).to_have_count(charts)
+        page.wait_for_function(f"({CURVE_PIXELS_JS})().every(n => n > 50)", timeout=TIMEOUT_MS)
+        assert [url for url in requested if url.startswith("http")] == []
+        screenshot(page, "plots-offline.png", tmp_path)
+    except BaseException:
+        screenshot(page, "plots-failure.png", tmp_path)
         raise
