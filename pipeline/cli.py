@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -291,10 +291,20 @@ def evaluate(
     typer.echo("  ".join(f"{k}={v:.4f}" for k, v in results.items()))
 
 
+InputsFile = Annotated[
+    Path | None,
+    typer.Option("--file", help="Also read inputs from this file, one per line (`-`: stdin)."),
+]
+
+
 @app.command()
 def predict(
     task: TaskArg,
-    text: Annotated[list[str], typer.Argument(help="One or more texts to classify.")],
+    text: Annotated[
+        list[str] | None,
+        typer.Argument(help="Texts to classify; `-` reads them from stdin, one per line."),
+    ] = None,
+    input_file: InputsFile = None,
     model: Annotated[Path, typer.Option(help="Trained model directory (train --out).")] = Path(
         "models/classification"
     ),
@@ -303,17 +313,26 @@ def predict(
     ] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Print label and probability for each text (classification)."""
+    """Print each text's label and that label's probability as TSV: text, label, p_label
+    (classification)."""
     if task is not Task.classification:
         raise fail("predict supports classification; use `generate`, `translate` or `recognize`", 2)
     cfg = read_params(params).train.classification
-    _require_texts(text)
-    from pipeline.tasks.classification.predict import load_predictor, predict_texts
+    texts = _read_inputs(text, input_file)
+    from pipeline.tasks.classification.predict import (
+        label_probability,
+        load_predictor,
+        predict_texts,
+    )
 
     with _model_dir(model, model_uri) as directory:
         network, sp = load_predictor(directory)
-    for label, probability in predict_texts(network, sp, text, cfg.max_len):
-        typer.echo(f"{label}\t{probability:.4f}")
+    results = predict_texts(network, sp, texts, cfg.max_len)
+    rows = [
+        (t, label, f"{label_probability(label, p):.4f}")
+        for t, (label, p) in zip(texts, results, strict=True)
+    ]
+    _echo_tsv(("text", "label", "p_label"), rows)
 
 
 @contextmanager
@@ -415,7 +434,11 @@ def generate(
 
 @app.command()
 def translate(
-    sentence: Annotated[str, typer.Argument(help="German sentence to translate.")],
+    sentence: Annotated[
+        list[str] | None,
+        typer.Argument(help="German sentences; `-` reads them from stdin, one per line."),
+    ] = None,
+    input_file: InputsFile = None,
     model: Annotated[Path, typer.Option(help="Trained model directory (train --out).")] = Path(
         "models/translation"
     ),
@@ -424,15 +447,15 @@ def translate(
     ] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
-    """Translate one German sentence into English with the trained model."""
+    """Translate German sentences into English with the trained model; TSV: source, translation."""
     cfg = read_params(params).evaluate.translation
-    _require_texts([sentence])
+    sentences = _read_inputs(sentence, input_file)
     _require_model(model)
     from pipeline.tasks.translation.translate import translate as run_translate
 
     beam = beam_size or cfg.beam_size
-    [text] = run_translate(model, [sentence], beam, cfg.decode_max_len, cfg.length_penalty)
-    typer.echo(text)
+    texts = run_translate(model, sentences, beam, cfg.decode_max_len, cfg.length_penalty)
+    _echo_tsv(("source", "translation"), zip(sentences, texts, strict=True))
 
 
 @app.command()
@@ -536,6 +559,36 @@ def _log_stats(run: StageRun, path: Path, stats: dict[str, float]) -> None:
     write_json(path, stats)
     run.log_metrics(stats)
     run.log_artifact(path)
+
+
+def _read_inputs(args: list[str] | None, input_file: Path | None) -> list[str]:
+    """Inputs from the arguments (`-` reads stdin) and from --file, one per line; blank lines of
+    a file or stdin are skipped, an empty argument is refused."""
+    texts: list[str] = []
+    for arg in args or []:
+        texts += _read_lines(Path("-")) if arg == "-" else [arg]
+    if input_file is not None:
+        texts += _read_lines(input_file)
+    if not texts:
+        raise fail("no input: give texts as arguments, --file PATH, or - for stdin", 2)
+    _require_texts(texts)
+    return texts
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The non-blank lines of a file, or of stdin for `-`."""
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise fail(f"cannot read {path}: {exc}", EXIT_BAD_PARAMS) from None
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def _echo_tsv(header: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """Print a header and rows as TSV; tabs and line breaks inside a field become spaces."""
+    spaces = str.maketrans("\t\r\n", "   ")
+    for row in [header, *rows]:
+        typer.echo("\t".join(field.translate(spaces) for field in row))
 
 
 def _require_texts(texts: list[str]) -> None:

@@ -161,8 +161,9 @@ def test_evaluate_matches_scikit_learn_on_saved_predictions(trained, mlflow_uri)
         ],
     )
     assert predicted.exit_code == 0, predicted.output
-    lines = predicted.output.strip().splitlines()
-    assert len(lines) == 2 and lines[0].split("\t")[0] in {"positive", "negative"}
+    header, *lines = predicted.output.strip().splitlines()
+    assert header == "text\tlabel\tp_label" and len(lines) == 2
+    assert lines[0].split("\t")[:2] in (["great film", "positive"], ["great film", "negative"])
     uri = f"runs:/{run.info.run_id}/model"
     from_mlflow = CliRunner().invoke(
         app,

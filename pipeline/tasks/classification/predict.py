@@ -30,6 +30,11 @@ def decide(probs: np.ndarray) -> np.ndarray:
     return (np.asarray(probs) >= THRESHOLD).astype(int)
 
 
+def label_probability(label: str, p_positive: float) -> float:
+    """The probability of `label` from P(positive)."""
+    return p_positive if label == LABELS[1] else 1.0 - p_positive
+
+
 def load_predictor(model_dir: Path) -> tuple[keras.Model, spm.SentencePieceProcessor]:
     """Load a trained classifier and its SentencePiece model from one directory."""
     model = load_model(model_dir)
