@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from pipeline.core.tracking import stage_run
 from pipeline.evaluate import TRAIN_RUN_TAG
@@ -323,7 +328,7 @@ def format_cell(value: Any) -> str:
 
 
 def format_table(rows: Sequence[Row], max_width: int | None = 120) -> str:
-    """Render rows as fixed-width text; wider than `max_width`, runs become columns instead."""
+    """Render rows as a text table; wider than `max_width`, runs become columns instead."""
     if not rows:
         return "(no runs)"
     headers = list(rows[0])
@@ -339,17 +344,17 @@ def format_table(rows: Sequence[Row], max_width: int | None = 120) -> str:
 
 
 def _grid(matrix: Sequence[Sequence[str]]) -> str:
-    """Lay out a header line, a rule and body lines; all-numeric columns are right-aligned."""
-    columns = list(zip(*matrix, strict=True))
-    widths = [max(map(len, column)) for column in columns]
-    numeric = [all(map(_looks_numeric, column[1:])) for column in columns]
-
-    def line(values: Sequence[str]) -> str:
-        parts = zip(values, widths, numeric, strict=True)
-        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in parts).rstrip()
-
-    rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(matrix[0]), rule, *(line(values) for values in matrix[1:])])
+    """Lay out a header line, a rule and body lines (a rich table as plain text); all-numeric
+    columns are right-aligned."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in zip(*matrix, strict=True):
+        numeric = all(map(_looks_numeric, column[1:]))
+        table.add_column(Text(column[0]), justify="right" if numeric else "left", no_wrap=True)
+    for values in matrix[1:]:
+        table.add_row(*map(Text, values))  # Text: brackets in a run name are not markup
+    buffer = io.StringIO()
+    Console(file=buffer, width=1_000_000, color_system=None).print(table)
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines())
 
 
 def _looks_numeric(text: str) -> bool:
@@ -485,23 +490,31 @@ def figure_base64(fig: Figure) -> str:
 
 # --- the report ----------------------------------------------------------------------------
 
+
+def counted(n: int, noun: str) -> str:
+    """`1 training run`, `2 training runs`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
 table { border-collapse: collapse; font-size: 0.85rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; }
-th { background: #f3f3f3; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
+th { background: #f3f3f3; vertical-align: bottom; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 figure { margin: 1.5rem 0; }
 .meta { color: #666; font-size: 0.85rem; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
 img { max-width: 100%; }
 """
+BREAKS, WBR = re.compile(r"([/.])"), r"\1<wbr>"  # where a long header may wrap
 
 
 def table_html(rows: Sequence[Row]) -> str:
-    """Render rows as an HTML table with escaped text and right-aligned numbers."""
+    """Render rows as an HTML table with escaped text and right-aligned numbers; a long header
+    (`grad_log_ratio/encoder_1`) may wrap after `/` and `.`, so columns stay narrow."""
     headers = list(rows[0]) if rows else []
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    head = "".join(f"<th>{BREAKS.sub(WBR, html.escape(h))}</th>" for h in headers)
     body = []
     for row in rows:
         cells = (
@@ -542,7 +555,7 @@ def write_report(client: MlflowClient, runs: Sequence[Run | RunPair], path: Path
     task = trained[0].data.tags.get("pipeline.task", "?") if trained else "?"
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     evaluated = sum(pair.evaluation is not None for pair in pairs)
-    meta = f"{len(trained)} training runs, {evaluated} evaluation runs"
+    meta = f"{counted(len(trained), 'training run')}, {counted(evaluated, 'evaluation run')}"
     meta += f" from {client.tracking_uri}, {stamp}"
     page = render_html(f"Comparison of {task} runs", meta, comparison_table(pairs), images)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from pipeline.compare import (
     CompareError,
     RunFilters,
     comparison_table,
+    counted,
     differing_params,
     fetch_curves,
     format_table,
@@ -238,7 +239,17 @@ def test_unfinished_runs_partial_differences_and_bad_filters(mlflow_uri: str) ->
     assert list(rows[0]) == ["run", "id", *arch, "dropout", "seed", "val_loss", "test.f1"]
     assert rows[0]["test.f1"] is None  # a metric one run lacks is blank, not an error
     lines = format_table(rows).splitlines()
+    assert set(lines[1]) == {"─"}  # rich's header rule
     assert lines[2].split()[-2:] == ["nan", "-"] and lines[3].split()[-2:] == ["0.4", "0.8"]
+
+
+def test_table_cells_are_text_and_counts_agree_in_number() -> None:
+    rows = [{"run": "[bold]exp[/bold]", "id": "ab12", "val_loss": 0.5}]
+    header, rule, line = format_table(rows).splitlines()
+    assert header.split() == ["run", "id", "val_loss"] and set(rule) == {"─"}
+    assert line.split() == ["[bold]exp[/bold]", "ab12", "0.5"]  # not rich markup
+    runs = [counted(n, "training run") for n in (0, 1, 2)]
+    assert runs == ["0 training runs", "1 training run", "2 training runs"]
 
 
 def fake_evaluation(train_id: str, beam_size: int, f1: float, fail: bool = False) -> str:
@@ -278,7 +289,9 @@ def test_each_evaluation_of_a_run_is_a_row_with_its_settings(
     printed = {line.split()[0]: line.split()[1:] for line in result.table.splitlines()}
     assert sorted(printed["evaluate.beam_size"]) == ["1", "4"]  # a column per row
     page = result.report.read_text(encoding="utf-8")
-    assert page.count("<tr>") == 1 + 2 and "1 training runs, 2 evaluation runs" in page
+    assert page.count("<tr>") == 1 + 2 and "1 training run, 2 evaluation runs" in page
+    assert "<th>evaluate.<wbr>beam_size</th>" in page  # long headers may wrap
+    assert '<div class="scroll"><table>' in page and ".scroll { overflow-x: auto;" in page
     saved = json.loads((tmp_path / "one" / "compare.json").read_text())
     assert saved["run_ids"] == [train] and set(saved["evaluation_run_ids"]) == {beam1, beam4}
     tags = client.get_run(result.run_id).data.tags
