@@ -529,6 +529,23 @@ def server(
         raise fail(str(exc)) from None
 
 
+@app.command("ui-links")
+def ui_links(
+    base_url: Annotated[str, typer.Option(help="Where the MLflow UI is served.")] = (
+        "http://127.0.0.1:5000"
+    ),
+) -> None:
+    """Print the MLflow UI's runs page of each task's experiment (`make mlflow-ui` does)."""
+    from pipeline.core.tracking import connected_client
+    from pipeline.server import runs_pages
+
+    pages = runs_pages(connected_client(), base_url)
+    for name, url in pages.items():
+        typer.echo(f"{name}: {url}")
+    if not pages:
+        typer.echo(f"no runs yet: {base_url} (run `make repro` first)")
+
+
 @app.command()
 def forecast(
     start: Annotated[

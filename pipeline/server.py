@@ -24,11 +24,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
 DATABASE, ROLE = "mlflow", "mlflow"
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # 2 processes, ~0.5 GB (FACTS)
+# MLflow 3.17's UI opens its GenAI (traces) view unless the URL asks for model training.
+TRAINING_VIEW = "workflowType=machine_learning"
 
 
 class ServerError(RuntimeError):
@@ -158,3 +164,17 @@ def serve(backend: str, root: Path, port: int, db_port: int) -> None:
     with postgres(db_port) as cluster, mlflow_server(cluster.uri, root, port) as process:
         log.info("MLflow on %s at http://127.0.0.1:%d", cluster.uri, port)
         process.wait()
+
+
+def runs_page(base_url: str, experiment_id: str) -> str:
+    """The UI's runs table of an experiment, in its model-training view."""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+
+
+def runs_pages(client: MlflowClient, base_url: str) -> dict[str, str]:
+    """Each experiment that holds runs (one per task), by name, with its runs page."""
+    return {
+        experiment.name: runs_page(base_url, experiment.experiment_id)
+        for experiment in client.search_experiments(order_by=["name"])
+        if client.search_runs([experiment.experiment_id], max_results=1)
+    }

@@ -1,9 +1,9 @@
 """The MLflow UI and the offline DVC plots page, in a real headless Chromium.
 
-A user's path: switch the UI to model training, open the task's experiment, open the training
-run, find `grad_norm/global` in its metrics table (with the value the client reads) and as a
-chart in the model-metrics tab. The page of `make plots` draws every chart with no network.
-Screenshots go to `tmp_path` and to `$PYTEST_ARTIFACTS`.
+A user's path: open the task's runs page as `make mlflow-ui` prints it (the runs table, in the
+model-training view), open the training run, find `grad_norm/global` in its metrics table (with
+the value the client reads) and as a chart in the model-metrics tab. The page of `make plots`
+draws every chart with no network. Screenshots go to `tmp_path` and to `$PYTEST_ARTIFACTS`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 from mlflow.entities import Run
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from pipeline.server import runs_page
 from pipeline.vega import fetch_scripts
 from tests.mlflow_server import MlflowServer
 from tests.pipeline_runs import train_on, write_tiny_params
@@ -75,13 +76,15 @@ def screenshot(page: Page, name: str, tmp_path: Path) -> Path:
     return path
 
 
-def open_training_run(page: Page, uri: str) -> None:
-    """Navigate as a user would: model-training view -> experiment -> training run."""
-    page.goto(f"{uri}/", wait_until="domcontentloaded")
-    page.get_by_text("Model training", exact=True).click()  # the UI opens in its GenAI view
-    page.get_by_role("link", name="Experiments", exact=True).click()
-    page.get_by_role("link", name="classification", exact=True).click()
-    page.get_by_role("link", name="train-classification", exact=True).click()
+def open_training_run(page: Page, uri: str, run: Run, tmp_path: Path) -> None:
+    """Navigate as a user would: the task's runs page that `make mlflow-ui` prints -> the run."""
+    page.goto(runs_page(uri, run.info.experiment_id), wait_until="domcontentloaded")
+    link = page.get_by_role("link", name="train-classification", exact=True)
+    expect(link).to_be_visible(timeout=TIMEOUT_MS)  # the runs table, no click needed
+    # The model-training view (its sidebar has the registry), not the GenAI view it opens in.
+    expect(page.get_by_text("Model registry", exact=True)).to_be_visible()
+    screenshot(page, "ui-runs-table.png", tmp_path)
+    link.click()
 
 
 def shown_metric_value(page: Page, key: str) -> float:
@@ -99,7 +102,7 @@ def test_ui_shows_the_gradient_norm_of_a_training_run(
     page = browser.new_page(viewport={"width": 1400, "height": 900})
     page.set_default_timeout(TIMEOUT_MS)
     try:
-        open_training_run(page, mlflow_server.uri)
+        open_training_run(page, mlflow_server.uri, training_run, tmp_path)
         run_page = re.compile(rf"#/experiments/\d+/runs/{training_run.info.run_id}")
         expect(page).to_have_url(run_page, timeout=TIMEOUT_MS)
         shown = shown_metric_value(page, "grad_norm/global")
