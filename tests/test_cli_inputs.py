@@ -110,25 +110,19 @@ def test_predict_prints_each_label_with_its_own_probability(
 
 
 @pytest.fixture(scope="module")
-def translator(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def translator(tiny_data, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(model directory, params) of a tiny translator trained through the CLI."""
-    from pipeline.download import default_cache_dir, run_download
-    from pipeline.params import Task, TranslationTokenize
-    from pipeline.tokenize import run_tokenize
     from tests.test_translation import TINY
 
+    _, tok = tiny_data("translation")
     work = tmp_path_factory.mktemp("translator")
-    download = load_params(ROOT / "params.yaml").download.translation
-    download = download.model_copy(update={"max_examples": 300})
-    run_download(Task.translation, download, work / "raw", default_cache_dir())
-    run_tokenize(Task.translation, TranslationTokenize(vocab_size=120), work / "raw", work / "tok")
     tree = yaml_defaults()
     for key, value in {**TINY, "epochs": 2}.items():
         set_key(tree, f"train.translation.{key}", value)
     set_key(tree, "evaluate.translation.decode_max_len", 12)
     params = work / "params.yaml"
     params.write_text(yaml.safe_dump(tree, sort_keys=False))
-    args = ["train", "translation", "--data", str(work / "tok"), "--out", str(work / "model")]
+    args = ["train", "translation", "--data", str(tok), "--out", str(work / "model")]
     args += ["--plots", str(work / "plots"), "--metrics", str(work / "train.json")]
     args += ["--checkpoints", str(work / "ckpt"), "--params", str(params)]
     trained_through_cli(args, work)

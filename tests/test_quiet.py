@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from pipeline.core.quiet import NATIVE_LOG, drop_native_logs, native_stderr_filtered
+from tests.pipeline_runs import run_cli
 
 # What `import tensorflow` and a train step printed before (TensorFlow 2.21, x86-64).
 NOISE = (
@@ -63,27 +63,13 @@ def test_train_prints_no_native_logs_unless_verbose(tmp_path: Path, write_params
     train = ["train", "speech", "--data", str(tmp_path / "features"), "--out", str(model)]
     train += ["--plots", str(tmp_path / "plots"), "--metrics", str(tmp_path / "train.json")]
     train += ["--checkpoints", str(tmp_path / "ckpt"), "--params", str(params)]
-    quiet = pipeline(train, env, tmp_path)
+    quiet = run_cli(train, tmp_path, env)
     assert native_lines(quiet.stderr) == [], quiet.stderr
 
     wav = tmp_path / "five.wav"
     wav.write_bytes(wav_bytes(tone(1050, 0.3)))
     recognize = ["--verbose", "recognize", str(wav), "--model", str(model)]
-    verbose = pipeline([*recognize, "--params", str(params)], env, tmp_path)
+    verbose = run_cli([*recognize, "--params", str(params)], tmp_path, env)
     assert len(verbose.stdout.split("\t")) == 2  # digit, probability
     if sys.platform == "linux" and platform.machine() == "x86_64":
         assert native_lines(verbose.stderr), verbose.stderr
-
-
-def pipeline(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """`python -m pipeline ARGS` in a subprocess in `cwd`; fail with its stderr if it fails."""
-    done = subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
