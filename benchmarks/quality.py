@@ -1,4 +1,4 @@
-"""Quality over training seeds: the default classifier and language model against their baselines.
+"""Quality over training seeds: each text task's default model against its baseline.
 
 For each task and seed, runs the real `train` and `evaluate` commands with the repository's
 params.yaml (`train.<task>.seed` and any `--set` overrides changed) on the tokenized data of
@@ -7,7 +7,7 @@ mean ± std (sample std) of the test metrics, the baseline's, the gradient horiz
 training time, with the load average around each training (the 2-core reference machine is
 often shared, so times are upper bounds).
 
-    dvc repro tokenize@classification tokenize@language_model
+    dvc repro tokenize@classification tokenize@language_model tokenize@translation
     python benchmarks/quality.py --out benchmarks/results/quality.json
     # one cell of the README's cell comparison
     python benchmarks/quality.py --task classification --seed 42 \
@@ -45,6 +45,17 @@ KEYS = {
         "test.bpc",
         "baseline.bpc",
         "val_perplexity",
+        "epochs_run",
+        "train_seconds",
+        "load_average",
+    ),
+    "translation": (
+        "test.bleu_greedy",
+        "test.bleu_beam",
+        "baseline.bleu",
+        "test.chrf_greedy",
+        "test.chrf_beam",
+        "baseline.chrf",
         "epochs_run",
         "train_seconds",
         "load_average",
@@ -117,7 +128,7 @@ def show(task: str, rows: dict[int, dict[str, float]], summary: dict) -> None:
 def main(
     tasks: Annotated[
         list[str] | None,
-        typer.Option("--task", help="classification and/or language_model (repeatable)."),
+        typer.Option("--task", help="classification, language_model, translation (repeatable)."),
     ] = None,
     seeds: Annotated[
         list[int] | None, typer.Option("--seed", help="A training seed (repeatable; 42 43 44).")

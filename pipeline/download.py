@@ -31,7 +31,9 @@ Formats:
 - plain_text: one text file cut into `PLAIN_TEXT_PARTS` contiguous parts at paragraph breaks.
   Both are split by document, so val/test text comes from unseen documents.
 - ding: Ding dictionary lines `de | de2 :: en | en2`; aligned parts lose `{..}`, `[..]`, `<..>`
-  markup and keep their first `;` alternative.
+  markup and keep their first `;` alternative. `dictionary_pairs` adds word and phrase pairs
+  (parenthesised glosses removed) to train only, never from an entry that holds a val or test
+  sentence.
 - tatoeba_tsv: manythings.org Anki lines `english<TAB>german<TAB>attribution`.
   Both keep full sentences (capital or non-letter first, `.?!` last) of `min_words..max_words`
   words on each side, de-duplicated, then randomly split.
@@ -393,7 +395,12 @@ def chunk_plain_text(text: str, name: str, parts: int = PLAIN_TEXT_PARTS) -> lis
 
 
 def build_translation(cfg: TranslationDownload, members: dict[str, bytes]) -> Built:
-    """Parse sentence pairs, keep full sentences of the right length, de-duplicate, split."""
+    """Parse sentence pairs, keep full sentences of the right length, de-duplicate, split.
+
+    With `dictionary_pairs`, the train split also gets that many of the dictionary's word and
+    phrase pairs, drawn from entries that hold no val or test sentence (an entry's headwords
+    are sub-phrases of its example sentences, so they would leak the held-out ones).
+    """
     parse = parse_ding if cfg.format == "ding" else parse_tatoeba
     raw = [pair for name, data in members.items() for pair in parse(decode(data, name))]
     kept = [pair for pair in raw if is_sentence_pair(pair, cfg.min_words, cfg.max_words)]
@@ -401,7 +408,40 @@ def build_translation(cfg: TranslationDownload, members: dict[str, bytes]) -> Bu
     parts = shuffled_split(len(pairs), cfg.split, cfg.max_examples, "sentence pairs")
     splits = {name: [pairs[i] for i in part] for name, part in parts.items()}
     stats = {"candidates": len(raw), "kept": len(kept), "duplicates": len(kept) - len(pairs)}
-    return splits, {"stats": stats}
+    if cfg.dictionary_pairs:
+        held = {pair["src"] for name in ("val", "test") for pair in splits[name]}
+        held_out = {pair[ENTRY] for pair in raw if pair["src"] in held}
+        phrases = dictionary_phrases(raw, held_out, cfg.dictionary_max_words)
+        order = np.random.RandomState(cfg.split.seed).permutation(len(phrases))
+        splits["train"] += [phrases[i] for i in order[: cfg.dictionary_pairs]]
+        stats |= {
+            "dictionary_candidates": len(phrases),
+            "dictionary_pairs": min(cfg.dictionary_pairs, len(phrases)),
+        }
+    return {name: [without_entry(p) for p in part] for name, part in splits.items()}, {
+        "stats": stats
+    }
+
+
+def without_entry(pair: Record) -> Record:
+    """The pair as written: source and target only."""
+    return {"src": pair["src"], "tgt": pair["tgt"]}
+
+
+_PARENTHESES = re.compile(r"\([^()]*\)")
+
+
+def dictionary_phrases(raw: list[Record], held_out: set[int], max_words: int) -> list[Record]:
+    """Word and phrase pairs (not sentences) of up to `max_words` words a side, parenthesised
+    glosses removed, from entries outside `held_out`, de-duplicated, in file order."""
+    phrases = []
+    for pair in raw:
+        if pair[ENTRY] in held_out or is_full_sentence(pair["src"]):
+            continue
+        src, tgt = (" ".join(_PARENTHESES.sub(" ", pair[side]).split()) for side in ("src", "tgt"))
+        if src and tgt and max(len(src.split()), len(tgt.split())) <= max_words:
+            phrases.append({"src": src, "tgt": tgt, ENTRY: pair[ENTRY]})
+    return deduplicate(phrases, key=lambda pair: (pair["src"], pair["tgt"]))
 
 
 _DING_MARKUP = re.compile(r"\{[^{}]*\}|\[[^\[\]]*\]|<[^<>]*>")
@@ -426,11 +466,14 @@ def parse_ding_line(line: str) -> list[tuple[str, str]]:
     return [(clean_ding_part(de), clean_ding_part(en)) for de, en in pairs]
 
 
+ENTRY = "entry"  # a Ding pair's line number: which dictionary entry it came from
+
+
 def parse_ding(text: str) -> list[Record]:
-    """Read every aligned part of a Ding dictionary as a candidate pair."""
+    """Read every aligned part of a Ding dictionary as a candidate pair (with its entry)."""
     return [
-        {"src": german, "tgt": english}
-        for line in text.splitlines()
+        {"src": german, "tgt": english, ENTRY: number}
+        for number, line in enumerate(text.splitlines())
         for german, english in parse_ding_line(line)
     ]
 

@@ -139,6 +139,16 @@ class TranslationDownload(Section):
     min_words: int = Field(3, ge=1, description="Minimum words on each side of a pair.")
     max_words: int = Field(12, ge=1, description="Maximum words on each side of a pair.")
     max_examples: int | None = Field(None, ge=10, description="Cap on pairs after filtering.")
+    dictionary_pairs: int = Field(
+        0,
+        ge=0,
+        description="ding: word and phrase pairs of the dictionary (not sentences) added to the "
+        "train split only, sampled with the split seed; entries holding a val or test sentence "
+        "give none. 0 = sentences only.",
+    )
+    dictionary_max_words: int = Field(
+        3, ge=1, description="Longest dictionary phrase (words on each side) to add."
+    )
     split: SplitParams = SplitParams()
 
     @model_validator(mode="after")
@@ -147,6 +157,8 @@ class TranslationDownload(Section):
             raise ValueError(
                 f"min_words ({self.min_words}) must be <= max_words ({self.max_words})"
             )
+        if self.dictionary_pairs and self.format != "ding":
+            raise ValueError("dictionary_pairs needs format ding (other sources have no lexicon)")
         return self
 
 
@@ -354,8 +366,15 @@ class TrainParams(RecurrentParams):
     log_every_n_steps: int = Field(10, ge=1, description="Gradient-norm logging period (steps).")
     probe_batch_size: int = Field(32, ge=1, description="Examples in the gradient-flow probe.")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed for weights, shuffling and dropout.")
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="Learning rate over training: constant, or cosine decay from learning_rate "
+        "to 0 at the last step of the last epoch.",
+    )
     jit_compile: bool = Field(
-        False, description="Compile train/eval steps with XLA (faster on CPU; one trace per shape)."
+        False,
+        description="Compile train/eval steps with XLA (one compile per batch shape; on CPU "
+        "faster for last-state heads, slower for models that return every step).",
     )
     distribute: Literal["none", "mirrored", "multi_worker"] = Field(
         "none",

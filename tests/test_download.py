@@ -7,6 +7,7 @@ import http.server
 import io
 import json
 import os
+import re
 import shutil
 import tarfile
 import threading
@@ -25,6 +26,7 @@ from pipeline.download import (
     DownloadError,
     DownloadResult,
     FetchOptions,
+    build_translation,
     chunk_plain_text,
     clean_ding_part,
     clean_review,
@@ -626,6 +628,46 @@ def test_ding_line_skips_comments_and_misaligned_entries():
 def test_clean_ding_part_keeps_first_alternative():
     assert clean_ding_part("transport [Br.]; transportation [Am.]") == "transport"
     assert clean_ding_part("  Das  geht {vi} nicht. ") == "Das geht nicht."
+
+
+def ding_text(entries: int) -> bytes:
+    """A small Ding file: each entry a headword, its plural and one example sentence."""
+    lines = [
+        f"Wort{i} {{n}} | Wörter{i} {{pl}} | Das Wort{i} ist hier. "
+        f":: word{i} (gloss) | words{i} | The word{i} is here."
+        for i in range(entries)
+    ]
+    return "\n".join(["# Version :: test", *lines]).encode()
+
+
+def test_dictionary_pairs_join_train_only_and_never_from_a_held_out_entry():
+    split = SplitParams(val_fraction=0.1, test_fraction=0.1, seed=1)
+    cfg = TranslationDownload.model_validate(
+        {"source": {"kind": "url", "url": "https://example.org/de-en", "sha256": "0" * 64}}
+        | {"format": "ding", "min_words": 3, "split": split, "dictionary_pairs": 25}
+    )
+    splits, details = build_translation(cfg, {"de-en": ding_text(20)})
+
+    sentences = {name: [p for p in part if p["src"].endswith(".")] for name, part in splits.items()}
+    assert [len(sentences[name]) for name in SPLITS] == [16, 2, 2]
+    assert len(splits["val"]) == len(splits["test"]) == 2  # phrases go to train only
+    phrases = [p for p in splits["train"] if not p["src"].endswith(".")]
+    assert len(phrases) == details["stats"]["dictionary_pairs"] == 25
+    assert details["stats"]["dictionary_candidates"] == 32  # 2 per entry, 16 train entries
+    entry = re.compile(r"\d+")
+    held_out = {entry.search(p["src"])[0] for name in ("val", "test") for p in splits[name]}
+    assert not {entry.search(p["src"])[0] for p in phrases} & held_out
+    train_entry = next(e for e in map(str, range(20)) if e not in held_out)
+    assert {"src": f"Wort{train_entry}", "tgt": f"word{train_entry}"} in phrases  # gloss removed
+    assert all(set(p) == {"src", "tgt"} for part in splits.values() for p in part)
+
+
+def test_dictionary_pairs_need_the_ding_format():
+    with pytest.raises(ValueError, match="dictionary_pairs needs format ding"):
+        TranslationDownload.model_validate(
+            {"source": {"kind": "url", "url": "https://example.org/x", "sha256": "0" * 64}}
+            | {"format": "tatoeba_tsv", "dictionary_pairs": 10}
+        )
 
 
 def test_sentence_pairs_need_full_sentences_within_word_limits():
