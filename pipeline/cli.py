@@ -52,6 +52,9 @@ TRACKING_RETRIES = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
 }
 
+# Libraries whose INFO lines say nothing a user needs (MLflow's monitor announces its thread).
+NOISY_LOGGERS = ("alembic", "urllib3", "matplotlib", "PIL", "absl", "h5py", "mlflow.system_metrics")
+
 
 @app.callback()
 def _configure(
@@ -70,7 +73,7 @@ def _configure(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    for noisy in ("alembic", "urllib3", "matplotlib", "PIL", "absl", "h5py"):
+    for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

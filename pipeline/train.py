@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.corpus import write_json
 from pipeline.core.distribute import Worker
-from pipeline.core.tracking import stage_run
+from pipeline.core.tracking import stage_run, system_metrics
 from pipeline.core.trainer import (
     Checkpoint,
     TrainPaths,
@@ -51,7 +53,10 @@ def _train_owned(
         run.set_tags(
             {"pipeline.workers": str(worker.count), "pipeline.replicas": str(worker.replicas)}
         )
-        with worker.strategy.scope():
+        monitored = (
+            system_metrics(run, resumed=resume is not None) if worker.is_chief else nullcontext()
+        )
+        with monitored, worker.strategy.scope():
             adapter = training_task(task)
             setup = adapter.setup(cfg, paths.data)
             result = run_train(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from pipeline.core.tracking import (
     make_client,
     project_root,
     stage_run,
+    system_metrics,
 )
 
 
@@ -108,6 +110,9 @@ def test_local_store_lives_in_the_project_root(tmp_path: Path, monkeypatch) -> N
     assert (tmp_path / "mlruns" / "classification").is_dir()
 
 
+SYSTEM_CPU = "system/cpu_utilization_percentage"
+
+
 def _write(path: Path) -> Path:
     path.write_text("x")
     return path
@@ -124,3 +129,22 @@ def test_each_flush_logs_its_latency_with_the_next(mlflow_uri: str) -> None:
     history = MlflowClient(mlflow_uri).get_metric_history(run.run_id, "perf/flush_ms")
     assert sorted(m.step for m in history) == [1, 2]  # the closing flush adds the second
     assert all(0 < m.value < 60_000 for m in history)
+
+
+def test_system_metrics_sample_cpu_and_memory_while_the_body_runs(
+    mlflow_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    with stage_run("classification", "train", {}) as run:
+        with system_metrics(run):
+            time.sleep(1.5)
+        stopped = len(MlflowClient(mlflow_uri).get_metric_history(run.run_id, SYSTEM_CPU))
+        time.sleep(0.5)
+    client = MlflowClient(mlflow_uri)
+    cpu = client.get_metric_history(run.run_id, SYSTEM_CPU)
+    assert len(cpu) >= 3 and all(0 <= m.value <= 100 for m in cpu)
+    assert sorted(m.step for m in cpu) == list(range(len(cpu)))
+    assert len(cpu) == stopped  # no sample after the block
+    metrics = client.get_run(run.run_id).data.metrics
+    assert metrics["system/system_memory_usage_megabytes"] > 0
+    assert not [k for k in metrics if k.startswith(("system/disk", "system/network"))]

@@ -62,8 +62,9 @@ def only_run(client: MlflowClient, task: str = "classification"):
 
 
 @pytest.fixture
-def trained(tiny_data, write_params, mlflow_uri, tmp_path):
+def trained(tiny_data, write_params, mlflow_uri, tmp_path, monkeypatch):
     """Train once on tiny real data through the CLI; returns (run, out_dir, raw, tok)."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # a tiny run is short
     raw, tok = tiny_data("classification")
     params = write_params(TINY_TRAIN)
     result = CliRunner().invoke(app, train_args(tok, params, tmp_path))
@@ -88,6 +89,9 @@ def test_training_logs_curves_and_learns(trained, mlflow_uri) -> None:
         assert sorted(m.step for m in history) == expected, key
         assert all(np.isfinite(m.value) and m.value > 0 for m in history)
     assert client.get_metric_history(run.info.run_id, "grad_norm/global_clipped")
+    cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert cpu and all(0 <= m.value <= 100 for m in cpu)
+    assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
 
 
 def test_gradient_flow_is_logged(trained, mlflow_uri) -> None:
