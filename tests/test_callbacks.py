@@ -1,12 +1,16 @@
-"""The trainer's MLflow callback on a resumed run: a redone epoch is not logged twice."""
+"""The trainer's callbacks: MLflow logging of a resumed run, console progress."""
 
 from __future__ import annotations
+
+import io
+import logging
 
 import keras
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from pipeline.core.callbacks import Logged, MlflowMetrics
+from pipeline.core import callbacks
+from pipeline.core.callbacks import Logged, MlflowMetrics, Progress
 from pipeline.core.gradients import InstrumentedModel
 from pipeline.core.tracking import stage_run
 
@@ -41,3 +45,43 @@ def test_redone_epoch_after_a_kill_is_logged_once(mlflow_uri: str) -> None:
     assert sorted(epochs) == [1, 2, 3]
     assert sorted(steps) == list(range(1, 13))
     assert [row["epoch"] for row in callback.epoch_rows] == [2, 3]  # plots still get them
+
+
+class Terminal(io.StringIO):
+    """A stream that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def fit_with_progress(stream: io.StringIO) -> None:
+    """Two epochs of 8 steps each, reported by `Progress` on `stream`."""
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    tiny_model().fit(
+        x, x.sum(axis=1), batch_size=8, epochs=2, verbose=0, callbacks=[Progress(1, 8, 2, stream)]
+    )
+
+
+def test_progress_draws_a_bar_per_epoch_on_a_terminal(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(callbacks, "BAR_REFRESH_S", 0)  # draw every step
+    terminal = Terminal()
+    with caplog.at_level(logging.INFO, logger=callbacks.__name__):
+        fit_with_progress(terminal)
+    screen = terminal.getvalue()
+    for epoch in (1, 2):
+        assert f"epoch {epoch}/2: 100%" in screen and "8/8 [" in screen
+    assert "<00:00" in screen  # elapsed<remaining
+    assert "loss " in screen and "grad_norm " in screen
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split()[:2] for line in lines] == [["epoch", "1/2"], ["epoch", "2/2"]]
+
+
+def test_progress_logs_lines_and_draws_no_bar_elsewhere(caplog) -> None:
+    plain = io.StringIO()  # a file or pipe: CI, DVC's logs
+    with caplog.at_level(logging.INFO, logger=callbacks.__name__):
+        fit_with_progress(plain)
+    assert plain.getvalue() == ""
+    lines = [r.getMessage() for r in caplog.records]
+    steps = [line for line in lines if line.lstrip().startswith("step")]
+    assert len(steps) == 2 and all("loss" in line and "grad_norm" in line for line in steps)
+    assert sum(line.startswith("epoch ") for line in lines) == 2

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import keras
 import numpy as np
+from tqdm import tqdm
 
 from pipeline.core.corpus import write_json
 from pipeline.core.gradients import BATCH_LOSS, is_epoch_metric
@@ -165,38 +167,69 @@ class MlflowMetrics(StepCallback):
 
 
 class Progress(StepCallback):
-    """One log line every few steps and per epoch: loss, gradient norm, throughput."""
+    """Training progress on the console: loss, gradient norm, throughput.
 
-    def __init__(self, every: int, batch_size: int, epochs: int):
+    On a terminal, a bar per epoch (step/total, elapsed<remaining, loss, gradient norm) on
+    `stream` (stderr by default); elsewhere (CI, DVC logs) a log line every `5 * every` steps.
+    Both end each epoch with one log line of its metrics.
+    """
+
+    def __init__(self, every: int, batch_size: int, epochs: int, stream: TextIO | None = None):
         super().__init__()
         self.every, self.batch_size, self.epochs = every, batch_size, epochs
+        self.stream = stream if stream is not None else sys.stderr
         self.started = time.perf_counter()
         self.samples = 0
+        self.bar: tqdm | None = None
+        self.steps: int | None = None  # per epoch: from Keras, else counted in the first epoch
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         super().on_epoch_begin(epoch, logs)
         self.epoch_started = time.perf_counter()
+        self.steps = self.params.get("steps") or self.steps
+        if self.stream.isatty():
+            self.bar = tqdm(
+                total=self.steps,
+                desc=f"epoch {epoch + 1}/{self.epochs}",
+                unit="step",
+                file=self.stream,
+                leave=False,
+                dynamic_ncols=True,
+                mininterval=BAR_REFRESH_S,
+            )
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        loss, norm = float(logs.get("loss", math.nan)), float(logs.get(GLOBAL_NORM, math.nan))
         with self.lock:
             self.samples += self.batch_size  # upper bound: a partial last batch counts in full
+            if self.bar is not None:
+                self.bar.set_postfix_str(f"loss {loss:.4f}  grad_norm {norm:.3g}", refresh=False)
+                self.bar.update(1)
+                return
         if (batch + 1) % (self.every * 5) == 0 and logs:
             rate = self.samples / max(time.perf_counter() - self.started, 1e-9)
             log.info(
-                "  step %d  loss %.4f  grad_norm %.3g  %.0f samples/s",
-                batch + 1,
-                float(logs["loss"]),
-                float(logs.get("grad_norm/global", math.nan)),
-                rate,
+                "  step %d  loss %.4f  grad_norm %.3g  %.0f samples/s", batch + 1, loss, norm, rate
             )
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.bar is not None:
+            self.steps = self.steps or self.bar.n
+            self.bar.close()
+            self.bar = None
         shown = {k: v for k, v in (logs or {}).items() if not k.startswith(GRAD_PREFIX)}
         text = "  ".join(f"{k} {float(v):.4f}" for k, v in shown.items())
         seconds = time.perf_counter() - self.epoch_started
         log.info("epoch %d/%d  %s  (%.1f s)", epoch + 1, self.epochs, text, seconds)
 
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.bar is not None:  # training stopped mid-epoch (NaN guard)
+            self.bar.close()
+            self.bar = None
 
+
+BAR_REFRESH_S = 0.5  # the bar redraws at most twice a second
 FLUSH_EVERY_S = 5.0  # metrics reach the tracking store while an epoch runs, not only after it
 ABSURD_LOSS = 1e6  # no task's loss gets near this unless training has blown up
 
