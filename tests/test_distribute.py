@@ -61,6 +61,7 @@ def test_multi_worker_without_tf_config_is_a_clear_error(
     assert "TF_CONFIG is not set" in result.output
 
 
+@pytest.mark.slow  # starts two worker processes
 def test_launcher_reports_the_failing_worker(write_params, tmp_path):
     command = ["train", "classification", "--data", str(tmp_path / "no-data"), "--out", "o"]
     command += ["--plots", "p", "--metrics", "m.json", "--checkpoints", str(tmp_path / "ck")]

@@ -62,6 +62,7 @@ def test_unreachable_tracking_server_fails_fast_naming_the_uri(
     assert not (tmp_path / "tok").exists() and not (tmp_path / "m.json").exists()
 
 
+@pytest.mark.slow  # starts `python -m pipeline` processes (TensorFlow import each)
 @pytest.mark.parametrize(
     "args",
     [
@@ -127,6 +128,7 @@ def test_runs_of_dead_processes_are_marked_killed(mlflow_uri: str) -> None:
     assert client.get_run(running).info.status == "RUNNING"
 
 
+@pytest.mark.slow  # starts `python -m pipeline` processes (TensorFlow import each)
 def test_corrupted_model_file_is_a_clear_error(tmp_path: Path, write_params) -> None:
     model = tmp_path / "model"
     model.mkdir()
@@ -149,6 +151,7 @@ def test_corrupted_model_file_is_a_clear_error(tmp_path: Path, write_params) -> 
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.slow  # starts `python -m pipeline` processes (TensorFlow import each)
 def test_missing_model_and_wrong_task_are_clear(tmp_path: Path, write_params) -> None:
     params = str(write_params())
     missing = cli(
@@ -269,6 +272,7 @@ def _hold(directory: Path) -> subprocess.Popen[str]:
     return holder
 
 
+@pytest.mark.slow  # starts `python -m pipeline` processes (TensorFlow import each)
 def test_a_live_checkpoint_owner_blocks_a_second_training_at_once(tmp_path: Path) -> None:
     from pipeline.core.trainer import CheckpointBusy, owned
 
@@ -289,6 +293,7 @@ def test_a_live_checkpoint_owner_blocks_a_second_training_at_once(tmp_path: Path
         pass
 
 
+@pytest.mark.slow  # starts `python -m pipeline` processes (TensorFlow import each)
 def test_a_busy_checkpoint_stops_the_train_command_with_one_line(
     tmp_path: Path, write_params
 ) -> None:
