@@ -68,6 +68,7 @@ def _configure(
         quiet_tensorflow()
     for key, value in TRACKING_RETRIES.items():
         os.environ.setdefault(key, value)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per transfer
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -312,7 +313,11 @@ def predict(
         "models/classification"
     ),
     model_uri: Annotated[
-        str | None, typer.Option(help="MLflow URI of a logged model, e.g. runs:/<id>/model.")
+        str | None,
+        typer.Option(
+            help="MLflow URI of a trained model: models:/rnn-classification/latest (or "
+            "/<version>), runs:/<id>/pyfunc or runs:/<id>/model."
+        ),
     ] = None,
     params: ParamsOpt = Path("params.yaml"),
 ) -> None:
@@ -327,9 +332,10 @@ def predict(
         load_predictor,
         predict_texts,
     )
+    from pipeline.tasks.classification.serving import model_files
 
     with _model_dir(model, model_uri) as directory:
-        network, sp = load_predictor(directory)
+        network, sp = load_predictor(model_files(directory))
     results = predict_texts(network, sp, texts, cfg.max_len)
     rows = [
         (t, label, f"{label_probability(label, p):.4f}")

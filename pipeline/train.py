@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.corpus import write_json
 from pipeline.core.distribute import Worker
-from pipeline.core.tracking import stage_run, system_metrics
+from pipeline.core.registry import (
+    keras_format,
+    log_model,
+    register_model,
+    registered_name,
+    registers_by_default,
+)
+from pipeline.core.tracking import StageRun, stage_run, system_metrics
 from pipeline.core.trainer import (
     Checkpoint,
     TrainPaths,
@@ -20,6 +29,11 @@ from pipeline.core.trainer import (
 )
 from pipeline.params import TrainParams
 from pipeline.tasks import training_task
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
 
 
 def train_task(
@@ -66,4 +80,20 @@ def _train_owned(
         run.log_artifact(paths.metrics)
         if worker.is_chief:
             adapter.after_training(cfg, run, paths.out)
+            publish_model(task, cfg, run, setup.model)
     return result
+
+
+def publish_model(task: str, cfg: TrainParams, run: StageRun, model: keras.Model) -> None:
+    """Log the Keras flavour unless the task logged its own model; register it as rnn-<task>.
+
+    `train.<task>.register` decides; unset, models are registered on a local store only.
+    """
+    model_id = run.models[-1] if run.models else log_model(run, keras_format(model))
+    register = getattr(cfg, "register", None)
+    if register if register is not None else registers_by_default(run.client):
+        name = registered_name(task)
+        version = register_model(run, model_id, name)
+        log.info(
+            "registered the model as %s version %s (models:/%s/%s)", name, version, name, version
+        )

@@ -17,8 +17,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.core.tracking import StageRun
-from pipeline.tasks.classification.serving import log_pyfunc_model, to_texts
+from pipeline.tasks.classification.serving import ARTIFACT_PATH, to_texts
 from tests.mlflow_server import MlflowServer, ModelServer
 from tests.pipeline_runs import train_on, write_tiny_params
 from tests.test_train import TINY_TRAIN
@@ -45,17 +44,15 @@ def logged_model(
     default_params: dict[str, Any],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> LoggedModel:
-    """Train a tiny classifier through the CLI, log its pyfunc model, delete the local copy."""
+    """Train a tiny classifier through the CLI (it logs the pyfunc model), delete the local copy."""
     from pipeline.tasks.classification.predict import load_predictor, predict_texts
 
     _, tok = tiny_data("classification")
     work = tmp_path_factory.mktemp("serving")
     run = train_on(module_server, tok, work, write_tiny_params(work / "p.yaml", default_params))
     expected = predict_texts(*load_predictor(work / "model"), TEXTS, MAX_LEN)
-    handle = StageRun(MlflowClient(module_server.uri), run.info.run_id, run.info.experiment_id)
-    uri = log_pyfunc_model(handle, work / "model", MAX_LEN)
     shutil.rmtree(work / "model")  # the served model may only use what travelled inside it
-    return LoggedModel(module_server, uri, expected)
+    return LoggedModel(module_server, f"runs:/{run.info.run_id}/{ARTIFACT_PATH}", expected)
 
 
 def invoke(url: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
@@ -81,10 +78,12 @@ def test_inputs_of_every_usual_shape_become_texts() -> None:
 def test_logged_model_keeps_its_parts_and_the_run_status(logged_model: LoggedModel) -> None:
     client = MlflowClient(logged_model.server.uri)
     run_id = logged_model.uri.split("/")[1]
-    files = {a.path for a in client.list_artifacts(run_id, "pyfunc/artifacts")}
-    assert files == {"pyfunc/artifacts/model.keras", "pyfunc/artifacts/spm.model"}
-    assert client.list_artifacts(run_id, "pyfunc/code/pipeline")
+    (model_id,) = [o.model_id for o in client.get_run(run_id).outputs.model_outputs]
+    files = {a.path for a in client.list_logged_model_artifacts(model_id, "artifacts")}
+    assert files == {"artifacts/model.keras", "artifacts/spm.model"}
+    assert client.list_logged_model_artifacts(model_id, "code/pipeline/tasks/classification")
     assert client.get_run(run_id).info.status == "FINISHED"  # logging did not reopen the run
+    assert not client.search_registered_models()  # a shared server registers only when asked
 
 
 def test_served_model_matches_local_predictions(logged_model: LoggedModel, tmp_path: Path) -> None:

@@ -21,6 +21,8 @@ from pipeline.cli import app
 
 pytestmark = pytest.mark.slow
 
+REGISTERED = "models:/rnn-classification/latest"
+
 TINY_TRAIN = {
     "train.classification.units": 8,
     "train.classification.embedding_dim": 8,
@@ -168,13 +170,40 @@ def test_evaluate_matches_scikit_learn_on_saved_predictions(trained, mlflow_uri)
     header, *lines = predicted.output.strip().splitlines()
     assert header == "text\tlabel\tp_label" and len(lines) == 2
     assert lines[0].split("\t")[:2] in (["great film", "positive"], ["great film", "negative"])
-    uri = f"runs:/{run.info.run_id}/model"
-    from_mlflow = CliRunner().invoke(
-        app,
-        ["predict", "classification", "great film", "--model-uri", uri, "--params", str(params)],
-    )
-    assert from_mlflow.exit_code == 0, from_mlflow.output
-    assert from_mlflow.stdout.strip().splitlines()[-1] == lines[0]  # progress bar: stderr
+    run_id = run.info.run_id  # the model directory, the logged pyfunc model, the registry's
+    for uri in (f"runs:/{run_id}/model", f"runs:/{run_id}/pyfunc", REGISTERED):
+        from_mlflow = CliRunner().invoke(
+            app,
+            [
+                "predict",
+                "classification",
+                "great film",
+                "--model-uri",
+                uri,
+                "--params",
+                str(params),
+            ],
+        )
+        assert from_mlflow.exit_code == 0, (uri, from_mlflow.output)
+        assert from_mlflow.stdout.strip().splitlines()[-1] == lines[0], uri
+
+
+def test_the_trained_model_is_logged_and_registered(trained, mlflow_uri) -> None:
+    run, *_ = trained
+    client = MlflowClient(mlflow_uri)
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert (model.name, model.source_run_id, model.status) == ("pyfunc", run.info.run_id, "READY")
+    assert model.params["units"] == "8"  # the training params travel with the model
+    assert [o.model_id for o in client.get_run(run.info.run_id).outputs.model_outputs] == [
+        model.model_id
+    ]
+    version = client.get_model_version("rnn-classification", "1")
+    assert (version.source, version.run_id) == (f"models:/{model.model_id}", run.info.run_id)
+    assert run.data.tags["pipeline.model_version"] == "rnn-classification/1"
+    files = {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+    assert {"MLmodel", "artifacts", "code"} <= files
+    code = {a.path for a in client.list_logged_model_artifacts(model.model_id, "code/pipeline")}
+    assert "code/pipeline/compare.py" not in code  # only what the served model imports
 
 
 @pytest.mark.parametrize(
@@ -266,11 +295,12 @@ def output_shape(out: Path) -> dict[str, object]:
 
 def metric_shape(client: MlflowClient, run) -> dict[str, list[int]]:
     """Every metric key of a run with the steps it was logged at (duplicates would show);
-    `perf/` timings (e.g. one point per flush) legitimately differ between two trainings."""
+    `perf/` timings (e.g. one point per flush) and `system/` samples (one per 10 s)
+    legitimately differ between two trainings."""
     return {
         key: sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
         for key in client.get_run(run.info.run_id).data.metrics
-        if not key.startswith("perf/")
+        if not key.startswith(("perf/", "system/"))
     }
 
 

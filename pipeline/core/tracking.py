@@ -97,6 +97,7 @@ class StageRun:
         self.experiment_id = experiment_id
         self._metrics: list[Metric] = []
         self.flushes = 0
+        self.models: list[str] = []  # ids of the MLflow models logged to this run, in order
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log flat params in batches of MLflow's maximum size."""

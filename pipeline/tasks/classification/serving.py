@@ -1,31 +1,33 @@
 """Serve the sentiment classifier with MLflow: raw text in, P(positive) and label out.
 
 The pyfunc model carries what it needs inside: the `.keras` model and the SentencePiece model as
-artifacts and this package's code (`code/pipeline`), so `mlflow models serve --env-manager local`
-or `mlflow.pyfunc.load_model` reproduce `predict` exactly. The model is saved to a local
-directory and uploaded with the client (`runs:/<id>/pyfunc`): no fluent-API active run, no
-global state, and the stage's run keeps its status.
+artifacts and the code it imports (`code/pipeline`: the shared core and this task), so
+`mlflow models serve --env-manager local` or `mlflow.pyfunc.load_model` reproduce `predict`
+exactly. It is the classification run's logged model (`runs:/<id>/pyfunc`, registered as
+`rnn-classification`), written by `pipeline.core.registry`.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 import pandas as pd
-from mlflow.models import ModelSignature
-from mlflow.tracking import MlflowClient
+from mlflow.models import Model, ModelSignature
 from mlflow.types import ColSpec, Schema
 
 from pipeline.core.corpus import MODEL_FILE, TOKENIZER
+from pipeline.core.registry import ModelFormat, log_model, pinned_requirements
 from pipeline.tasks.classification.predict import predict_texts
 
-ARTIFACT_PATH = "pyfunc"
+if TYPE_CHECKING:
+    from pipeline.core.tracking import StageRun
+
+ARTIFACT_PATH = "pyfunc"  # the logged model's name: runs:/<run_id>/pyfunc
 TEXT_COLUMN = "text"
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec("string")]),  # unnamed: a list of strings works too
@@ -51,13 +53,8 @@ from pipeline.tasks.classification.serving import SentimentClassifier
 
 set_model(SentimentClassifier())
 """
-
-
-class RunHandle(Protocol):
-    """What `log_pyfunc_model` needs of a run (`pipeline.core.tracking.StageRun` fits)."""
-
-    client: MlflowClient
-    run_id: str
+# The parts of the package the model imports (`tests/test_serving.py` serves it from these).
+SERVED_CODE = ("__init__.py", "params.py", "core", "tasks/__init__.py", "tasks/classification")
 
 
 class SentimentClassifier(mlflow.pyfunc.PythonModel):
@@ -95,23 +92,26 @@ def to_texts(model_input: Any) -> list[str]:
     return ["" if v is None or v != v else str(v) for v in values]  # None/NaN -> no text
 
 
-def pinned_requirements() -> list[str]:
-    """`name==version` for the installed packages the model needs (no inference subprocess)."""
-    pinned = []
-    for name in REQUIREMENTS:
-        try:
-            pinned.append(f"{name}=={importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return pinned
+def copy_served_code(package: Path, dest: Path) -> Path:
+    """Copy the parts of `package` the model imports into `dest/<package name>`."""
+    code = dest / package.name
+    for part in SERVED_CODE:
+        source, target = package / part, code / part
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    return code
 
 
-def save_pyfunc_model(model_dir: Path, max_len: int, path: Path) -> Path:
+def save_pyfunc_model(
+    model_dir: Path, max_len: int, path: Path, mlflow_model: Model | None = None
+) -> Path:
     """Write the pyfunc model (artifacts, code, signature, example) to a new directory."""
-    package = Path(__file__).resolve().parents[2]  # the whole `pipeline` package
+    package = Path(__file__).resolve().parents[2]  # the `pipeline` package
     with tempfile.TemporaryDirectory() as tmp:
-        code = Path(tmp) / package.name
-        shutil.copytree(package, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        code = copy_served_code(package, Path(tmp))
         model_code = Path(tmp) / "sentiment_model.py"
         model_code.write_text(MODEL_CODE)
         mlflow.pyfunc.save_model(
@@ -125,16 +125,32 @@ def save_pyfunc_model(model_dir: Path, max_len: int, path: Path) -> Path:
             model_config={"max_len": max_len},
             signature=SIGNATURE,
             input_example=pd.DataFrame({TEXT_COLUMN: ["a wonderful, moving film", ""]}),
-            pip_requirements=pinned_requirements(),
+            pip_requirements=pinned_requirements(REQUIREMENTS),
+            mlflow_model=mlflow_model,
         )
     return path
 
 
-def log_pyfunc_model(
-    run: RunHandle, model_dir: Path, max_len: int, artifact_path: str = ARTIFACT_PATH
-) -> str:
-    """Save the pyfunc model and upload it to the run; return its `runs:/` URI."""
-    with tempfile.TemporaryDirectory() as tmp:
-        local = save_pyfunc_model(model_dir, max_len, Path(tmp) / artifact_path)
-        run.client.log_artifacts(run.run_id, str(local), artifact_path)
-    return f"runs:/{run.run_id}/{artifact_path}"
+def pyfunc_format(model_dir: Path, max_len: int) -> ModelFormat:
+    """The servable model of the classifier saved in `model_dir`."""
+
+    def save(path: Path, mlflow_model: Model) -> None:
+        save_pyfunc_model(model_dir, max_len, path, mlflow_model)
+
+    return ModelFormat(ARTIFACT_PATH, save)
+
+
+def log_pyfunc_model(run: StageRun, model_dir: Path, max_len: int) -> str:
+    """Log the pyfunc model as a model of `run`; return its `runs:/` URI."""
+    log_model(run, pyfunc_format(model_dir, max_len))
+    return f"runs:/{run.run_id}/{ARTIFACT_PATH}"
+
+
+def model_files(local: Path) -> Path:
+    """The directory holding `model.keras` and the tokenizer in a downloaded model: the pyfunc's
+    artifacts, or a plain model directory (`runs:/<id>/model`) itself."""
+    mlmodel = local / "MLmodel"
+    if not mlmodel.is_file():
+        return local
+    artifacts = Model.load(mlmodel).flavors["python_function"]["artifacts"]
+    return (local / artifacts["keras_model"]["path"]).parent
