@@ -290,17 +290,21 @@ def main(
     counts: Annotated[
         list[int] | None, typer.Option("--trainings", help="N concurrent trainings (1 2 4).")
     ] = None,
+    grid_with: Annotated[
+        int, typer.Option(help="Then N trainings plus the DVC grid (0 = no grid scenario).")
+    ] = 4,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
-    """Print one row per load (N trainings, the largest with the DVC grid), all with a restart."""
-    counts = counts or [1, 2, 4]
+    """Print one row per load (N trainings; then N with the DVC grid), all with a restart."""
+    scenarios = [(count, False) for count in counts or [1, 2, 4]]
+    scenarios += [(grid_with, True)] if grid_with else []
     results = []
     with ExitStack() as stack:
         root = Path(stack.enter_context(tempfile.TemporaryDirectory(ignore_cleanup_errors=True)))
-        for count in counts:
+        for count, grid in scenarios:
             cluster = stack.enter_context(postgres(free_ports(1)[0]))
-            grid = count == max(counts)
-            row = run_load(data, count, root / f"n{count}", cluster.uri, restart=True, grid=grid)
+            work = root / f"n{count}{'-grid' if grid else ''}"
+            row = run_load(data, count, work, cluster.uri, restart=True, grid=grid)
             results.append(row)
             if out:  # after every scenario, so a later failure keeps what was measured
                 write_results(out, results)
