@@ -17,7 +17,6 @@ from pipeline.core.tracking import attached_run, stage_run
 from pipeline.params import Task
 from pipeline.tasks import evaluation_task
 
-PARENT_TAG = "mlflow.parentRunId"  # MLflow UI nests a run under its parent
 TRAIN_RUN_TAG = "pipeline.train_run_id"
 
 
@@ -54,8 +53,8 @@ def evaluate_and_log(
     model_dir, data_dir, raw_dir, report_dir = paths
     train_run = training_run_id(model_dir)
     params = {"evaluate": eval_cfg.model_dump(mode="json")}
-    with stage_run(task.value, "evaluate", params) as run:
-        run.set_tags({PARENT_TAG: train_run, TRAIN_RUN_TAG: train_run})
+    with stage_run(task.value, "evaluate", params, parent_run_id=train_run) as run:
+        run.set_tags({TRAIN_RUN_TAG: train_run})
         results = run_evaluate(task, cfg, eval_cfg, model_dir, data_dir, raw_dir, report_dir)
         write_json(metrics_path, results)
         run.log_metrics(results)

@@ -31,8 +31,8 @@ from pipeline.compare import (
     select_runs,
     write_report,
 )
-from pipeline.core.tracking import stage_run
-from pipeline.evaluate import PARENT_TAG, TRAIN_RUN_TAG
+from pipeline.core.tracking import PARENT_TAG, stage_run
+from pipeline.evaluate import TRAIN_RUN_TAG
 from tests.conftest import set_key
 from tests.test_train import TINY_TRAIN, train_args
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.core.tracking import PARENT_TAG
 from tests.test_pipeline import make_project, run
 from tests.test_train import TINY_TRAIN
 
@@ -66,6 +67,10 @@ def test_concurrent_queued_grid_gives_one_complete_tagged_run_per_experiment(
     assert steps[0] == steps[1] > 0  # every logged step of both arrived
     names = {r.data.tags.get("dvc.exp_name") for r in runs}
     assert len(names) == 2 and None not in names
+    # Each experiment is one pipeline run: a parent named after it holds its stages.
+    parents = [client.get_run(r.data.tags[PARENT_TAG]) for r in runs]
+    assert {p.info.run_name for p in parents} == names
+    assert all(p.info.status == "FINISHED" for p in parents)
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env))
     assert names <= set(_experiment_names(shown))
 

@@ -68,7 +68,7 @@ def test_repro_forecasting_end_to_end_then_forecast_and_compare(tmp_path: Path) 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("forecasting").experiment_id
     stages = sorted(r.data.tags["pipeline.stage"] for r in client.search_runs([experiment]))
-    assert stages == ["download", "evaluate", "featurize", "train"]
+    assert stages == ["download", "evaluate", "featurize", "pipeline", "train"]
     assert ran(run(["dvc", "repro", "evaluate_forecasting"], repo, env)) == []
 
     cli = [sys.executable, "-m", "pipeline"]

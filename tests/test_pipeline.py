@@ -12,6 +12,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from pipeline.core.tracking import INVOCATION_STAGE, PARENT_TAG
 from tests.conftest import ROOT, TINY_DATA, set_key
 
 pytestmark = pytest.mark.slow
@@ -68,13 +69,30 @@ def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 def stage_runs(client: MlflowClient) -> list[tuple[str, str]]:
+    """(stage, task) of every stage run (the invocations' parent runs left out)."""
     runs = []
     for task in TASKS:
         experiment = client.get_experiment_by_name(task)
         for r in client.search_runs([experiment.experiment_id]) if experiment else []:
             assert r.info.status == "FINISHED"
-            runs.append((r.data.tags["pipeline.stage"], task))
+            if r.data.tags["pipeline.stage"] != INVOCATION_STAGE:
+                runs.append((r.data.tags["pipeline.stage"], task))
     return sorted(runs)
+
+
+def invocations(client: MlflowClient, task: str) -> dict[str, list[str]]:
+    """Each `dvc repro` parent run of a task (by name and start) -> its children's stages."""
+    runs = client.search_runs(
+        [client.get_experiment_by_name(task).experiment_id], order_by=["attributes.start_time"]
+    )
+    return {
+        f"{p.info.run_name}#{i}": sorted(
+            r.data.tags["pipeline.stage"]
+            for r in runs
+            if r.data.tags.get(PARENT_TAG) == p.info.run_id
+        )
+        for i, p in enumerate(r for r in runs if r.data.tags["pipeline.stage"] == INVOCATION_STAGE)
+    }
 
 
 def test_repro_download_and_tokenize_all_tasks(project) -> None:
@@ -95,6 +113,11 @@ def test_repro_download_and_tokenize_all_tasks(project) -> None:
         assert len(tags["mlflow.source.git.commit"]) == 40
         assert tags["data.sha256"] and tags["data.version"] and tags["data.source"]
 
+    # One `dvc repro`: in each task's experiment, one parent run named after the commit.
+    commit = run(["git", "rev-parse", "--short=7", "HEAD"], repo, env).strip()
+    for task in TASKS:
+        assert invocations(client, task) == {f"repro-{commit}#0": ["download", "tokenize"]}
+
     # A second repro is a no-op: nothing reruns, no new MLflow runs.
     again = run(["dvc", "repro", "download", "tokenize"], repo, env)
     assert "didn't change, skipping" in again or "up to date" in again
@@ -108,6 +131,10 @@ def test_repro_download_and_tokenize_all_tasks(project) -> None:
     assert "Running stage 'tokenize@translation'" in changed
     assert changed.count("Running stage") == 1
     assert stage_runs(client).count(("tokenize", "translation")) == 2
+    assert invocations(client, "translation") == {
+        f"repro-{commit}#0": ["download", "tokenize"],
+        f"repro-{commit}#1": ["tokenize"],  # the second pipeline run, as its own row
+    }
 
 
 TINY_TRANSLATION = {

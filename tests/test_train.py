@@ -149,8 +149,13 @@ def test_evaluate_matches_scikit_learn_on_saved_predictions(trained, mlflow_uri)
     assert metrics["test.f1"] == pytest.approx(f1_score(labels, probs >= 0.5, zero_division=0))
     assert metrics["test.roc_auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-5)
     assert 0.5 < metrics["baseline.accuracy"] <= 1.0  # TF-IDF + LR learns something
-    logged = MlflowClient(mlflow_uri).get_run(run.info.run_id).data.metrics
+    client = MlflowClient(mlflow_uri)
+    logged = client.get_run(run.info.run_id).data.metrics
     assert logged["test.accuracy"] == pytest.approx(metrics["test.accuracy"])
+    (evaluation,) = client.search_runs(
+        [run.info.experiment_id], filter_string="tags.`pipeline.stage` = 'evaluate'"
+    )
+    assert evaluation.data.tags["mlflow.parentRunId"] == run.info.run_id  # nested in the UI
     assert logged["baseline.accuracy"] == pytest.approx(metrics["baseline.accuracy"])
     assert (out / "reports" / "confusion_matrix.png").stat().st_size > 1000
     predicted = CliRunner().invoke(

@@ -3,6 +3,13 @@
 Every stage opens its run through `stage_run`, so all runs carry the same tags (stage, task,
 git commit, DVC experiment, data source) and a stage that raises is marked FAILED. Metrics are
 buffered and sent with `log_batch` (one call per metric costs ~5 ms locally, 12-55 ms over HTTP).
+
+Stages run by one `dvc repro`, or by one experiment of `dvc exp run`, are nested under one
+parent run per task experiment, named after the DVC experiment (or `repro-<commit>`): the
+pipeline run is one row of the task's runs table that expands into its stages. Each stage is its
+own process, so no state is shared: the parent is found by its `pipeline.invocation` tag (the
+host, the DVC process and the experiment name), or created by the first stage. An evaluation
+is nested one level deeper, under the training run it scores (MLflow gives a run one parent).
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +255,96 @@ def _open_run(
     return client.create_run(experiment_id, run_name=name).info.run_id
 
 
+PARENT_TAG = "mlflow.parentRunId"  # the MLflow UI nests a run under its parent
+INVOCATION_TAG = "pipeline.invocation"
+INVOCATION_STAGE = "pipeline"  # the `pipeline.stage` of an invocation's parent run
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One `dvc repro`, or one experiment of a `dvc exp run`, that this stage runs under."""
+
+    key: str  # host:pid:start time of the DVC process:experiment name
+    name: str  # the parent run's name
+    pid: int  # the DVC process (its parent run is reaped once it is gone)
+
+
+def dvc_invocation(commit: str = "") -> Invocation | None:
+    """The DVC command running this stage (DVC sets `DVC_STAGE`), or None outside DVC."""
+    if not os.environ.get("DVC_STAGE"):
+        return None
+    dvc = _dvc_ancestor()
+    if dvc is None:
+        log.debug("DVC_STAGE is set but no dvc process runs this stage: no parent run")
+        return None
+    pid, started = dvc
+    experiment = os.environ.get("DVC_EXP_NAME", "")
+    name = experiment or ("repro-" + commit[:7] if commit else "repro")
+    return Invocation(f"{socket.gethostname()}:{pid}:{started:.2f}:{experiment}", name, pid)
+
+
+def _dvc_ancestor() -> tuple[int, float] | None:
+    """PID and start time of the nearest ancestor process that is `dvc` (`... dvc repro`,
+    `python -m dvc ...`)."""
+    import psutil  # a DVC dependency, and this runs only under DVC
+
+    for process in psutil.Process().parents():
+        try:
+            head = process.cmdline()[:3]
+            if any(Path(arg).name == "dvc" for arg in head) or "-m dvc" in " ".join(head):
+                return process.pid, process.create_time()
+        except psutil.Error:
+            continue
+    return None
+
+
+@contextmanager
+def invocation_parent(
+    client: MlflowClient, experiment_id: str, invocation: Invocation, tags: Mapping[str, str]
+) -> Iterator[str]:
+    """Yield the invocation's parent run in this experiment (created by its first stage).
+
+    The parent is RUNNING while one of its stages runs, then FINISHED; a failed or killed stage
+    leaves it FAILED or KILLED for good.
+    """
+    reap_orphans(client, experiment_id, INVOCATION_STAGE)
+    query = f"tags.`{INVOCATION_TAG}` = '{invocation.key}'"
+    query += f" and tags.`pipeline.stage` = '{INVOCATION_STAGE}'"
+    found = client.search_runs([experiment_id], filter_string=query, max_results=1)
+    if found:
+        parent = found[0].info.run_id
+    else:
+        parent_tags = {**tags, "pipeline.stage": INVOCATION_STAGE, "pipeline.pid": invocation.pid}
+        parent = client.create_run(
+            experiment_id,
+            run_name=invocation.name,
+            tags={k: str(v) for k, v in parent_tags.items()},
+        ).info.run_id
+    _mark_parent(client, parent, "RUNNING")
+    status = "FAILED"
+    try:
+        yield parent
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        _mark_parent(client, parent, status)
+
+
+def _mark_parent(client: MlflowClient, run_id: str, status: str) -> None:
+    """Set an invocation's status, unless a stage already failed it; never mask a stage error."""
+    try:
+        if client.get_run(run_id).info.status in ("FAILED", "KILLED"):
+            return
+        if status == "RUNNING":
+            client.update_run(run_id, status="RUNNING")
+        else:
+            client.set_terminated(run_id, status=status)
+    except Exception:  # noqa: BLE001 - the stage's own outcome matters more
+        log.warning("could not mark parent run %s %s", run_id, status)
+
+
 @contextmanager
 def stage_run(
     task: str,
@@ -255,29 +353,46 @@ def stage_run(
     manifest: Mapping[str, Any] | None = None,
     resume_run_id: str | None = None,
     client: MlflowClient | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[StageRun]:
-    """Open an MLflow run for one stage; FAILED if the body raises, KILLED on Ctrl-C."""
+    """Open an MLflow run for one stage; FAILED if the body raises, KILLED on Ctrl-C.
+
+    The run is nested under `parent_run_id` if given, else under the DVC invocation's parent.
+    """
     if client is None:
         client = connected_client()
     else:
         check_reachable(client)
     experiment_id = _experiment_id(client, task)
     reap_orphans(client, experiment_id, stage)
-    run_id = _open_run(client, experiment_id, f"{stage}-{task}", resume_run_id)
-    run = StageRun(client, run_id, experiment_id)
-    tags = {
-        "pipeline.stage": stage,
-        "pipeline.task": task,
-        **process_tags(),
-        **git_state(),
-        **manifest_tags(manifest),
-    }
+    git = git_state()
+    tags = {"pipeline.task": task, **process_tags(), **git}
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    invocation = dvc_invocation(git.get("mlflow.source.git.commit", ""))
+    if invocation:
+        tags[INVOCATION_TAG] = invocation.key
+    with ExitStack() as stack:
+        if parent_run_id is None and invocation is not None:
+            parent_run_id = stack.enter_context(
+                invocation_parent(client, experiment_id, invocation, tags)
+            )
+        with _stage_run(client, experiment_id, task, stage, resume_run_id) as run:
+            tags |= {"pipeline.stage": stage, **manifest_tags(manifest)}
+            run.set_tags({**tags, PARENT_TAG: parent_run_id} if parent_run_id else tags)
+            run.log_params(params)
+            yield run
+
+
+@contextmanager
+def _stage_run(
+    client: MlflowClient, experiment_id: str, task: str, stage: str, resume_run_id: str | None
+) -> Iterator[StageRun]:
+    """Open (or reopen) the run; FINISHED after the body, FAILED if it raises, KILLED on Ctrl-C."""
+    run_id = _open_run(client, experiment_id, f"{stage}-{task}", resume_run_id)
+    run = StageRun(client, run_id, experiment_id)
     log.info("MLflow run %s (experiment %s) at %s", run_id, task, client.tracking_uri)
     try:
-        run.set_tags(tags)
-        run.log_params(params)
         yield run
         run.flush()
     except KeyboardInterrupt:
