@@ -87,7 +87,7 @@ def _train_owned(
 def publish_model(task: str, cfg: TrainParams, run: StageRun, model: keras.Model) -> None:
     """Log the Keras flavour unless the task logged its own model; register it as rnn-<task>.
 
-    `train.<task>.register` decides; unset, models are registered on a local store only.
+    Models are registered on a local store only, unless the params carry a `register` choice.
     """
     model_id = run.models[-1] if run.models else log_model(run, keras_format(model))
     register = getattr(cfg, "register", None)
