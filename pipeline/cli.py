@@ -359,7 +359,12 @@ def _model_dir(model: Path, model_uri: str | None) -> Iterator[Path]:
     uri = connected_client().tracking_uri
     with tempfile.TemporaryDirectory(prefix="pipeline-model-") as tmp:
         try:
-            local = mlflow.artifacts.download_artifacts(model_uri, tracking_uri=uri, dst_path=tmp)
+            local = mlflow.artifacts.download_artifacts(
+                model_uri,
+                tracking_uri=uri,
+                registry_uri=os.environ.get("MLFLOW_REGISTRY_URI", uri),
+                dst_path=tmp,
+            )
         except Exception as exc:  # noqa: BLE001 - MLflow raises many types; report them all
             raise fail(f"cannot fetch {model_uri}: {exc}") from None
         yield Path(local)
