@@ -270,6 +270,9 @@ def _launch_workers(
     try:
         launch_local(workers, argv, checkpoints / f"{task.value}-workers", *timeouts)
     except WorkerFailed as exc:
+        from pipeline.core.tracking import reap_stage
+
+        reap_stage(task.value, "train")  # a worker killed mid-collective left its run RUNNING
         raise fail(str(exc)) from None
 
 

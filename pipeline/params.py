@@ -366,6 +366,12 @@ class TrainParams(RecurrentParams):
     log_every_n_steps: int = Field(10, ge=1, description="Gradient-norm logging period (steps).")
     probe_batch_size: int = Field(32, ge=1, description="Examples in the gradient-flow probe.")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed for weights, shuffling and dropout.")
+    register_model: bool | None = Field(
+        None,
+        alias="register",  # the params.yaml key (`register` itself is a class attribute)
+        description="Register the trained model as rnn-<task> in the MLflow model registry: "
+        "true always, false never, null only on a local store (sqlite or file).",
+    )
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant",
         description="Learning rate over training: constant, or cosine decay from learning_rate "

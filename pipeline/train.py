@@ -87,11 +87,11 @@ def _train_owned(
 def publish_model(task: str, cfg: TrainParams, run: StageRun, model: keras.Model) -> None:
     """Log the Keras flavour unless the task logged its own model; register it as rnn-<task>.
 
-    Models are registered on a local store only, unless the params carry a `register` choice.
+    Models are registered on a local store only, unless `train.<task>.register` says otherwise.
     """
     model_id = run.models[-1] if run.models else log_model(run, keras_format(model))
-    register = getattr(cfg, "register", None)
-    if register if register is not None else registers_by_default(run.client):
+    chosen = cfg.register_model
+    if chosen if chosen is not None else registers_by_default(run.client):
         name = registered_name(task)
         version = register_model(run, model_id, name)
         log.info(

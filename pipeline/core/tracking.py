@@ -234,6 +234,14 @@ def reap_orphans(client: MlflowClient, experiment_id: str, stage: str) -> list[s
     return reaped
 
 
+def reap_stage(task: str, stage: str) -> list[str]:
+    """Mark KILLED this host's runs of a task's stage whose process is gone (e.g. workers a
+    launcher had to kill); nothing when the experiment does not exist yet."""
+    client = make_client()
+    experiment = client.get_experiment_by_name(task)
+    return reap_orphans(client, experiment.experiment_id, stage) if experiment else []
+
+
 def _alive(pid: int) -> bool:
     """Whether a process with this PID exists on this host."""
     try:
