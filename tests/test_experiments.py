@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -27,6 +28,16 @@ def wait_for_queue(repo: Path, env: dict[str, str], timeout: float = 420) -> str
     raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
 
 
+def start_workers(repo: Path, env: dict[str, str], log: Path) -> None:
+    """`dvc queue start -j 2` with its output in a file: the workers it leaves behind inherit
+    the command's stdout and stderr, and pipes would keep a reader waiting until they exit."""
+    with log.open("w") as out:
+        done = subprocess.run(
+            ["dvc", "queue", "start", "-j", "2"], cwd=repo, env=env, stdout=out, stderr=out
+        )
+    assert done.returncode == 0, log.read_text()[-3000:]
+
+
 def test_concurrent_queued_grid_gives_one_complete_tagged_run_per_experiment(
     tmp_path: Path,
 ) -> None:
@@ -49,7 +60,7 @@ def test_concurrent_queued_grid_gives_one_complete_tagged_run_per_experiment(
         repo,
         env,
     )
-    run(["dvc", "queue", "start", "-j", "2"], repo, env)  # both at once, one sqlite store
+    start_workers(repo, env, tmp_path / "queue.log")  # both at once, one sqlite store
     status = wait_for_queue(repo, env)
     assert status.count("Success") == 2, status
     assert (repo / "params.yaml").read_bytes() == params_before  # no stacked overrides
