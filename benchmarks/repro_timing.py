@@ -7,6 +7,7 @@ in this repository (`dvc repro -f -s STAGE`: its outputs and dvc.lock are rewrit
 is left alone, so the one-param change is skipped).
 
     python benchmarks/repro_timing.py --out benchmarks/results/repro_timing.json
+    python benchmarks/repro_timing.py --noop-repeats 5 --out benchmarks/results/repro_noop.json
 """
 
 from __future__ import annotations
@@ -68,15 +69,29 @@ def one_param_change(repo: Path) -> dict:
     }
 
 
+def noop_only(repo: Path, repeats: int, out: Path | None) -> None:
+    """Time `dvc repro` on an up-to-date workspace, `repeats` times."""
+    seconds = [sh(["dvc", "repro"], repo)[0] for _ in range(repeats)]
+    typer.echo("no-op repro: " + ", ".join(f"{s:.2f} s" for s in seconds))
+    if out:
+        out.write_text(json.dumps({"noop_seconds": seconds, "cpus": os.cpu_count()}) + "\n")
+
+
 def main(
     out: Annotated[Path | None, typer.Option(help="Write results as JSON here.")] = None,
     workspace: Annotated[
         bool, typer.Option(help="Force every stage in this repository instead of a clone.")
     ] = False,
+    noop_repeats: Annotated[
+        int, typer.Option(help="Only time this many no-op repros of this (up-to-date) workspace.")
+    ] = 0,
 ) -> None:
     """Time a cold `dvc repro` per stage, a no-op repro and a one-param change."""
     root = Path(__file__).resolve().parents[1]
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    if noop_repeats:
+        noop_only(root, noop_repeats, out)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         repo = root if workspace else Path(tmp) / "repo"
         if not workspace:
