@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_repository_params_are_valid() -> None:
     params = load_params(ROOT / "params.yaml")
     assert params.train.classification.cell in {"simple_rnn", "lstm", "gru"}
+    assert params.train.classification.register_model is None  # `register: null`: follow the store
     assert params.download.section(Task.translation).source.kind == "debian"
 
 
@@ -95,6 +96,11 @@ def test_repository_params_are_valid() -> None:
             "download.translation.min_words",
             30,
             "download.translation: min_words (30) must be <= max_words (12)",
+        ),
+        (
+            "train.speech.register",
+            "maybe",
+            "train.speech.register: expected a valid boolean, got 'maybe'",
         ),
     ],
 )
