@@ -109,7 +109,8 @@ def run_seed(task: str, seed: int, params: dict, work: Path) -> dict[str, float]
     results = train_and_evaluate(task, work, env)
     if task == "language_model":
         results["perplexity_ratio"] = results["test.perplexity"] / results["baseline.perplexity"]
-    flow = sorted(k for k in results if k.startswith(("grad_horizon/", "grad_log_ratio/")))
+    summaries = ("grad_flow/horizon/", "grad_flow/log_ratio/")
+    flow = sorted(k for k in results if k.startswith(summaries))
     return {key: float(results[key]) for key in (*KEYS[task], *flow)}
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pipeline.core.corpus import MANIFEST, MODEL_FILE, write_json
+from pipeline.core.metric_names import data_metrics
 from pipeline.core.quiet import quiet_tensorflow
 from pipeline.params import Params, ParamsError, PerTask, Task, load_params
 
@@ -128,7 +129,7 @@ def download(
         with stage_run(task, "download", cfg.model_dump(mode="json")) as run:
             result = run_download(task, cfg, out, cache_dir or default_cache_dir())
             run.set_tags(manifest_tags(result.manifest))
-            run.log_metrics({f"{split}.examples": n for split, n in result.counts.items()})
+            run.log_metrics(data_metrics({f"{k}.examples": n for k, n in result.counts.items()}))
             run.log_artifact(out / "manifest.json")
     except DownloadError as exc:
         raise fail(str(exc)) from None
@@ -552,13 +553,20 @@ def ui_links(
         "http://127.0.0.1:5000"
     ),
 ) -> None:
-    """Print the MLflow UI's runs page of each task's experiment (`make mlflow-ui` does)."""
+    """Print the MLflow UI's runs page of each task's experiment (`make mlflow-ui` does).
+
+    Each opens the experiment's "Headline metrics" view (saved in the store): test metric,
+    baseline, gradient horizons and training time as columns of the runs table.
+    """
     from pipeline.core.tracking import connected_client
     from pipeline.server import runs_pages
+    from pipeline.ui_views import install_views, view_url
 
-    pages = runs_pages(connected_client(), base_url)
+    client = connected_client()
+    viewed = install_views(client)
+    pages = runs_pages(client, base_url)
     for name, url in pages.items():
-        typer.echo(f"{name}: {url}")
+        typer.echo(f"{name}: {view_url(url) if name in viewed else url}")
     if not pages:
         typer.echo(f"no runs yet: {base_url} (run `make repro` first)")
 
@@ -591,7 +599,7 @@ def forecast(
 def _log_stats(run: StageRun, path: Path, stats: dict[str, float]) -> None:
     """Write a stage's statistics JSON and log it as metrics and as an artifact."""
     write_json(path, stats)
-    run.log_metrics(stats)
+    run.log_metrics(data_metrics(stats))
     run.log_artifact(path)
 
 

@@ -36,6 +36,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.core.metric_names import FLOW, epoch_key, flow_summary_key, is_flow_curve
 from pipeline.core.tracking import stage_run
 from pipeline.evaluate import TRAIN_RUN_TAG
 
@@ -44,17 +45,18 @@ log = logging.getLogger(__name__)
 Row = dict[str, Any]
 
 ALWAYS_PARAMS = ("cell", "units", "num_layers", "bidirectional")
-FIRST_METRICS = ("val_loss", "val_accuracy")
-METRIC_PREFIXES = ("val_", "test.", "baseline.")
-GRADIENT_PREFIXES = ("grad_horizon/", "grad_log_ratio/")
-TIMING_METRICS = ("final.train_seconds", "final.samples_per_second")
-FLOW_PREFIX = "grad_flow/"
+FIRST_METRICS = ("val/loss", "val/accuracy")
+METRIC_PREFIXES = ("val/", "test/", "baseline/")
+GRADIENT_PREFIXES = (flow_summary_key("horizon", ""), flow_summary_key("log_ratio", ""))
+TIMING_METRICS = ("perf/train_seconds", "perf/samples_per_second")
+FLOW_PREFIX = FLOW
 EVALUATE_PARAM_PREFIX = "evaluate."
-EVALUATE_METRIC_PREFIXES = ("test.", "baseline.", "val.")  # copied onto the training run
+EVALUATE_METRIC_PREFIXES = ("test/", "baseline/")  # copied onto the training run
 EXP_TAG = "dvc.exp_name"
 SHORT_ID = 8
 MAX_TAG_LENGTH = 8000  # MLflow's limit on a tag value
 SEARCH_PAGE = 1000
+TRAIN_LOSS, VAL_LOSS = epoch_key("loss"), epoch_key("val_loss")
 
 
 class CompareError(ValueError):
@@ -284,7 +286,9 @@ def metric_columns(runs: Sequence[Run | RunPair]) -> list[str]:
         for k in sorted(present)
         if k.startswith(prefix) and k not in first
     ]
-    layers = sorted({k.split("/", 1)[1] for k in present if k.startswith(GRADIENT_PREFIXES)})
+    layers = sorted(
+        {k.removeprefix(p) for k in present for p in GRADIENT_PREFIXES if k.startswith(p)}
+    )
     gradient = [
         f"{p}{layer}" for layer in layers for p in GRADIENT_PREFIXES if f"{p}{layer}" in present
     ]
@@ -404,9 +408,9 @@ def run_label(run: Run) -> str:
 
 def fetch_curves(client: MlflowClient, run: Run) -> RunCurves:
     """Fetch the histories the report plots: epoch losses, global grad norm, final flow."""
-    flow = sorted(k for k in run.data.metrics if k.startswith(FLOW_PREFIX))
+    flow = sorted(k for k in run.data.metrics if is_flow_curve(k))
     series = {}
-    for key in ("loss", "val_loss", "grad_norm/global", *flow):
+    for key in (TRAIN_LOSS, VAL_LOSS, "grad_norm/global", *flow):
         history = client.get_metric_history(run.info.run_id, key)
         if history:
             # A resumed run may log a step twice; the later value wins.
@@ -452,9 +456,9 @@ def _new_figure(rows: int = 1) -> tuple[Figure, list[Axes]]:
 def plot_losses(curves: Sequence[RunCurves]) -> Figure:
     """Overlay training (solid) and validation (dashed) loss per epoch."""
     fig, (ax,) = _new_figure()
-    drawn = _overlay(ax, curves, "loss", marker="o")
-    drawn |= _overlay(ax, curves, "val_loss", labelled=False, linestyle="--", marker="x")
-    _finish(ax, drawn, "loss (solid) and val_loss (dashed) per epoch", "epoch", "loss")
+    drawn = _overlay(ax, curves, TRAIN_LOSS, marker="o")
+    drawn |= _overlay(ax, curves, VAL_LOSS, labelled=False, linestyle="--", marker="x")
+    _finish(ax, drawn, "train/loss (solid) and val/loss (dashed) per epoch", "epoch", "loss")
     return fig
 
 
@@ -469,7 +473,7 @@ def plot_grad_norms(curves: Sequence[RunCurves]) -> Figure:
 
 def plot_grad_flow(curves: Sequence[RunCurves]) -> Figure:
     """Overlay the final epoch's ‖∂L/∂h_t‖ against timestep, one panel per recurrent layer."""
-    keys = sorted({k for run in curves for k in run.series if k.startswith(FLOW_PREFIX)})
+    keys = sorted({k for run in curves for k in run.series if is_flow_curve(k)})
     fig, axes = _new_figure(max(len(keys), 1))
     if not keys:
         _finish(axes[0], False, "gradient flow through time", "timestep t", "‖∂L/∂h_t‖")
@@ -512,7 +516,7 @@ BREAKS, WBR = re.compile(r"([/.])"), r"\1<wbr>"  # where a long header may wrap
 
 def table_html(rows: Sequence[Row]) -> str:
     """Render rows as an HTML table with escaped text and right-aligned numbers; a long header
-    (`grad_log_ratio/encoder_1`) may wrap after `/` and `.`, so columns stay narrow."""
+    (`grad_flow/log_ratio/encoder_1`) may wrap after `/` and `.`, so columns stay narrow."""
     headers = list(rows[0]) if rows else []
     head = "".join(f"<th>{BREAKS.sub(WBR, html.escape(h))}</th>" for h in headers)
     body = []
@@ -606,7 +610,7 @@ def _log_compare_run(
     params = asdict(filters) | {"run_ids": ",".join(filters.run_ids)}
     with stage_run(task, "compare", params, client=client) as run:
         run.set_tags(tags)
-        run.log_metrics({"compare.runs": float(len(runs)), "compare.rows": float(len(pairs))})
+        run.log_metrics({"compare/runs": float(len(runs)), "compare/rows": float(len(pairs))})
         for path in files:
             run.log_artifact(path)
     log.info("compared %d rows of %s in MLflow run %s", len(pairs), task, run.run_id)

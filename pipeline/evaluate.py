@@ -12,12 +12,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mlflow.tracking import MlflowClient
+
 from pipeline.core.corpus import RUN_FILE, write_json
+from pipeline.core.metric_names import flow_summary_key, mlflow_metrics
 from pipeline.core.tracking import attached_run, stage_run
 from pipeline.params import Task
 from pipeline.tasks import evaluation_task
 
 TRAIN_RUN_TAG = "pipeline.train_run_id"
+PARENT_RUN_TAG = "mlflow.parentRunId"
+PIPELINE_ROW = (flow_summary_key("horizon", ""), "perf/train_seconds", "perf/samples_per_second")
 
 
 def training_run_id(model_dir: Path) -> str:
@@ -57,10 +62,27 @@ def evaluate_and_log(
         run.set_tags({TRAIN_RUN_TAG: train_run})
         results = run_evaluate(task, cfg, eval_cfg, model_dir, data_dir, raw_dir, report_dir)
         write_json(metrics_path, results)
-        run.log_metrics(results)
+        run.log_metrics(mlflow_metrics(results))
         run.log_artifact(metrics_path)
         run.log_artifact(report_dir, "evaluation")
-    with attached_run(train_run, "evaluate") as parent:
-        parent.log_metrics(results)
-        parent.set_tags({"pipeline.evaluate.run_id": run.run_id})
+    with attached_run(train_run, "evaluate") as trained:
+        trained.log_metrics(mlflow_metrics(results))
+        trained.set_tags({"pipeline.evaluate.run_id": run.run_id})
+    copy_to_pipeline_run(trained.client, train_run, mlflow_metrics(results))
     return results
+
+
+def copy_to_pipeline_run(client: MlflowClient, train_run: str, scores: dict[str, float]) -> None:
+    """Put the headline numbers on the row a user sees first: the pipeline run's.
+
+    Under `dvc repro` the training run is a child of its invocation's parent run, collapsed
+    in the UI's runs table; the parent gets the scores, the gradient horizons and the
+    training time, so one pipeline run reads as one row.
+    """
+    trained = client.get_run(train_run)
+    parent = trained.data.tags.get(PARENT_RUN_TAG)
+    if parent is None:
+        return
+    summary = {k: v for k, v in trained.data.metrics.items() if k.startswith(PIPELINE_ROW)}
+    with attached_run(parent, "evaluate", client) as pipeline_run:
+        pipeline_run.log_metrics(scores | summary)

@@ -40,7 +40,7 @@ def test_redone_epoch_after_a_kill_is_logged_once(mlflow_uri: str) -> None:
         callback = MlflowMetrics(run, 1, logged)
         resumed.fit(x, y, batch_size=8, epochs=3, initial_epoch=1, verbose=0, callbacks=[callback])
     client = MlflowClient(mlflow_uri)
-    epochs = [m.step for m in client.get_metric_history(run.run_id, "loss")]
+    epochs = [m.step for m in client.get_metric_history(run.run_id, "train/loss")]
     steps = [m.step for m in client.get_metric_history(run.run_id, "grad_norm/global")]
     assert sorted(epochs) == [1, 2, 3]
     assert sorted(steps) == list(range(1, 13))

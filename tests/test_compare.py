@@ -102,12 +102,12 @@ def test_table_has_one_row_per_run_with_its_cell_and_metrics(store) -> None:
     identity = ["run", "id", "dvc_exp", "cell", "units", "num_layers", "bidirectional"]
     assert list(rows[0])[:8] == [*identity, "learning_rate"]
     assert "epochs" not in rows[0] and "seed" not in rows[0]  # equal everywhere: left out
-    gradients = ("grad_horizon/rnn_1", "grad_log_ratio/rnn_1")
-    timing = ("final.train_seconds", "final.samples_per_second")
-    for key in ("val_loss", "val_accuracy", *gradients, *timing):
+    gradients = ("grad_flow/horizon/rnn_1", "grad_flow/log_ratio/rnn_1")
+    timing = ("perf/train_seconds", "perf/samples_per_second")
+    for key in ("val/loss", "val/accuracy", *gradients, *timing):
         assert all(math.isfinite(row[key]) for row in rows), key
-    assert all(1 <= row["grad_horizon/rnn_1"] <= 48 for row in rows)
-    assert all(0 <= row["val_accuracy"] <= 1 for row in rows)
+    assert all(1 <= row["grad_flow/horizon/rnn_1"] <= 48 for row in rows)
+    assert all(0 <= row["val/accuracy"] <= 1 for row in rows)
     wide = format_table(rows, max_width=None).splitlines()
     assert len(wide) == 2 + 2 and wide[0].split()[:4] == ["run", "id", "dvc_exp", "cell"]
     assert wide[3].split()[3] == "simple_rnn"
@@ -155,7 +155,7 @@ def test_report_overlays_every_run_in_three_figures(store, tmp_path: Path) -> No
     assert "train-classification" in page and "simple_rnn" in page
     curves = [fetch_curves(client, run) for run in runs]
     assert all(len(c.series["grad_flow/rnn_1"][0]) == 48 for c in curves)
-    assert all({"loss", "val_loss", "grad_norm/global"} <= set(c.series) for c in curves)
+    assert all({"train/loss", "val/loss", "grad_norm/global"} <= set(c.series) for c in curves)
     assert curves[1].label == f"exp-rnn {ids['rnn'][:8]} (simple_rnn)"
     (axis,) = plot_grad_flow(curves).axes
     assert len(axis.get_lines()) == 2 and axis.get_yscale() == "log"
@@ -220,9 +220,9 @@ def fake_train_run(params: dict[str, Any], metrics: dict[str, float], fail: bool
 
 def test_unfinished_runs_partial_differences_and_bad_filters(mlflow_uri: str) -> None:
     arch = {"cell": "lstm", "units": 8, "num_layers": 1, "bidirectional": False}
-    first = fake_train_run({**arch, "dropout": 0.1, "seed": 1}, {"val_loss": 0.5, "test.f1": 0.7})
-    done = fake_train_run({**arch, "dropout": 0.2, "seed": 1}, {"val_loss": 0.4, "test.f1": 0.8})
-    failed = fake_train_run({**arch, "dropout": 0.2, "seed": 2}, {"val_loss": math.nan}, fail=True)
+    first = fake_train_run({**arch, "dropout": 0.1, "seed": 1}, {"val/loss": 0.5, "test/f1": 0.7})
+    done = fake_train_run({**arch, "dropout": 0.2, "seed": 1}, {"val/loss": 0.4, "test/f1": 0.8})
+    failed = fake_train_run({**arch, "dropout": 0.2, "seed": 2}, {"val/loss": math.nan}, fail=True)
     with stage_run(TASK, "evaluate", arch):
         pass  # not a training run: never selected
     client = MlflowClient(mlflow_uri)
@@ -236,8 +236,8 @@ def test_unfinished_runs_partial_differences_and_bad_filters(mlflow_uri: str) ->
     with pytest.raises(CompareError, match="at least 1"):
         select_runs(client, TASK, last=0)
     rows = comparison_table(everything)
-    assert list(rows[0]) == ["run", "id", *arch, "dropout", "seed", "val_loss", "test.f1"]
-    assert rows[0]["test.f1"] is None  # a metric one run lacks is blank, not an error
+    assert list(rows[0]) == ["run", "id", *arch, "dropout", "seed", "val/loss", "test/f1"]
+    assert rows[0]["test/f1"] is None  # a metric one run lacks is blank, not an error
     lines = format_table(rows).splitlines()
     assert set(lines[1]) == {"─"}  # rich's header rule
     assert lines[2].split()[-2:] == ["nan", "-"] and lines[3].split()[-2:] == ["0.4", "0.8"]
@@ -258,7 +258,7 @@ def fake_evaluation(train_id: str, beam_size: int, f1: float, fail: bool = False
     try:
         with stage_run(TASK, "evaluate", params) as run:
             run.set_tags({PARENT_TAG: train_id, TRAIN_RUN_TAG: train_id})
-            run.log_metrics({"test.f1": f1, "baseline.f1": 0.5})
+            run.log_metrics({"test/f1": f1, "baseline/f1": 0.5})
             if fail:
                 raise RuntimeError("out of memory")
     except RuntimeError:
@@ -270,9 +270,11 @@ def test_each_evaluation_of_a_run_is_a_row_with_its_settings(
     mlflow_uri: str, tmp_path: Path
 ) -> None:
     arch = {"cell": "gru", "units": 8, "num_layers": 1, "bidirectional": False}
-    bare = fake_train_run({**arch, "dropout": 0.1}, {"loss": 0.7, "val_loss": 0.6, "test.f1": 0.4})
+    scores = {"train/loss": 0.7, "val/loss": 0.6, "test/f1": 0.4}
+    bare = fake_train_run({**arch, "dropout": 0.1}, scores)
     # The training run also holds the latest evaluation's scores (here a stale copy, 0.1).
-    train = fake_train_run({**arch, "dropout": 0.1}, {"loss": 0.6, "val_loss": 0.5, "test.f1": 0.1})
+    scores = {"train/loss": 0.6, "val/loss": 0.5, "test/f1": 0.1}
+    train = fake_train_run({**arch, "dropout": 0.1}, scores)
     beam1 = fake_evaluation(train, 1, 0.6)
     beam4 = fake_evaluation(train, 4, 0.7)
     fake_evaluation(train, 8, 0.9, fail=True)  # not finished: no row
@@ -282,8 +284,8 @@ def test_each_evaluation_of_a_run_is_a_row_with_its_settings(
     assert ids_of(result.runs) == [train] and len(result.rows) == 2
     by_beam = {row["evaluate.beam_size"]: row for row in result.rows}
     assert by_beam["1"]["eval_id"] == beam1[:8] and by_beam["4"]["eval_id"] == beam4[:8]
-    assert by_beam["1"]["test.f1"] == 0.6 and by_beam["4"]["test.f1"] == 0.7  # not the copy
-    assert all(row["val_loss"] == 0.5 and row["id"] == train[:8] for row in result.rows)
+    assert by_beam["1"]["test/f1"] == 0.6 and by_beam["4"]["test/f1"] == 0.7  # not the copy
+    assert all(row["val/loss"] == 0.5 and row["id"] == train[:8] for row in result.rows)
     assert differing_params(result.pairs) == ["evaluate.beam_size"]  # not length_penalty
     assert list(result.rows[0])[:3] == ["run", "id", "eval_id"]
     printed = {line.split()[0]: line.split()[1:] for line in result.table.splitlines()}
@@ -302,6 +304,6 @@ def test_each_evaluation_of_a_run_is_a_row_with_its_settings(
     assert [row["id"] for row in everything.rows] == [train[:8], train[:8], bare[:8]]
     unevaluated = everything.rows[-1]  # one row of its own, with its own scores
     assert unevaluated["eval_id"] is None and unevaluated["evaluate.beam_size"] is None
-    assert unevaluated["test.f1"] == 0.4
+    assert unevaluated["test/f1"] == 0.4
     newest = run_compare(TASK, client, RunFilters(last=2), tmp_path / "last")
     assert {row["eval_id"] for row in newest.rows} == {beam1[:8], beam4[:8]}  # rows, not runs

@@ -221,5 +221,5 @@ def test_killed_multi_worker_training_resumes_on_every_worker(
     client = MlflowClient(mlflow_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("classification").experiment_id])
     assert run.info.status == "FINISHED"
-    epochs = [m.step for m in client.get_metric_history(run.info.run_id, "loss")]
+    epochs = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert sorted(epochs) == [1, 2, 3, 4, 5]  # epochs 1-2 before the kill, 3-5 after, once each

@@ -48,7 +48,7 @@ def test_repro_forecasting_end_to_end_then_forecast_and_compare(tmp_path: Path) 
     assert featurized["test.windows"] == 37  # 336 test steps, origins every 8 up to 288
     trained = json.loads((repo / "metrics/forecasting/train.json").read_text())
     assert math.isfinite(trained["loss"]) and trained["epochs_run"] == 2
-    assert 1 <= trained["grad_horizon/rnn_1"] <= 336
+    assert 1 <= trained["grad_flow/horizon/rnn_1"] <= 336
     results = json.loads((repo / "metrics/forecasting/evaluate.json").read_text())
     for name in ("test", "baseline.naive_day", "baseline.naive_week", "baseline.ridge"):
         assert {f"{name}.{m}" for m in ("mae", "rmse", "smape", "mase")} <= set(results)

@@ -241,11 +241,11 @@ def test_summarize_reads_backward_in_processing_order() -> None:
     """A backward curve is read from its last processed step (input position 0)."""
     curve = np.array([1.0, 0.1, 0.001])
     metrics = summarize_flow({"rnn_1/forward": curve, "rnn_1/backward": curve})
-    assert metrics["grad_log_ratio/rnn_1/forward"] == pytest.approx(3.0)
-    assert metrics["grad_log_ratio/rnn_1/backward"] == pytest.approx(-3.0)
-    assert metrics["grad_horizon/rnn_1/forward"] == 3
-    assert metrics["grad_horizon/rnn_1/backward"] == 2
-    assert metrics["grad_norm_last/rnn_1/backward"] == pytest.approx(1.0)
+    assert metrics["grad_flow/log_ratio/rnn_1/forward"] == pytest.approx(3.0)
+    assert metrics["grad_flow/log_ratio/rnn_1/backward"] == pytest.approx(-3.0)
+    assert metrics["grad_flow/horizon/rnn_1/forward"] == 3
+    assert metrics["grad_flow/horizon/rnn_1/backward"] == 2
+    assert metrics["grad_flow/last/rnn_1/backward"] == pytest.approx(1.0)
 
 
 def test_plot_flow_writes_png(tmp_path: Path) -> None:

@@ -185,7 +185,17 @@ def test_evaluate_params_rerun_evaluation_only_and_train_params_both(tmp_path: P
     parents = [r.data.tags["mlflow.parentRunId"] for r in evaluations]
     assert parents[0] == parents[1] != parents[2]
     for r in evaluations:
-        assert r.info.status == "FINISHED" and "test.bleu_beam" in r.data.metrics
+        assert r.info.status == "FINISHED" and "test/bleu_beam" in r.data.metrics
+    # The pipeline run above the last training holds its headline numbers: one row in the UI.
+    trained = client.get_run(parents[2])
+    pipeline_run = client.get_run(trained.data.tags["mlflow.parentRunId"])
+    assert pipeline_run.data.tags["pipeline.stage"] == "pipeline"
+    shown = pipeline_run.data.metrics
+    assert shown["test/bleu_beam"] == evaluations[2].data.metrics["test/bleu_beam"]
+    assert shown["perf/train_seconds"] == trained.data.metrics["perf/train_seconds"]
+    assert (
+        shown["grad_flow/horizon/encoder_1"] == trained.data.metrics["grad_flow/horizon/encoder_1"]
+    )
 
 
 TINY_CLASSIFIER = {

@@ -94,13 +94,13 @@ def test_every_stage_logs_one_finished_run_with_its_params(
     evaluation = runs["evaluate"].data
     assert evaluation.tags["mlflow.parentRunId"] == runs["train"].info.run_id  # nested in the UI
     assert "evaluate.baseline_c" in evaluation.params
-    assert 0.0 <= evaluation.metrics["test.accuracy"] <= 1.0
+    assert 0.0 <= evaluation.metrics["test/accuracy"] <= 1.0
     assert runs["download"].data.params["max_examples"] == "600"
     assert runs["tokenize"].data.params["vocab_size"] == "400"
     train = runs["train"].data
     assert train.params["units"] == "8" and train.params["log_every_n_steps"] == str(EVERY)
     assert train.tags["pipeline.evaluate.status"] == "FINISHED"
-    assert 0.0 <= train.metrics["test.accuracy"] <= 1.0
+    assert 0.0 <= train.metrics["test/accuracy"] <= 1.0
 
 
 def test_gradient_norms_arrive_for_every_logged_step(pipeline_on_server: PipelineOnServer) -> None:

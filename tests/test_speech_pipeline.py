@@ -44,7 +44,7 @@ def test_repro_speech_end_to_end_then_recognize(tmp_path: Path) -> None:
     assert (featurized["train.examples"], featurized["test.examples"]) == (240, 30)
     trained = json.loads((repo / "metrics/speech/train.json").read_text())
     assert math.isfinite(trained["loss"]) and trained["epochs_run"] == 2
-    assert 1 <= trained["grad_horizon/rnn_1"] <= 92  # frames of the longest probe utterance
+    assert 1 <= trained["grad_flow/horizon/rnn_1"] <= 92  # frames of the longest probe utterance
     results = json.loads((repo / "metrics/speech/evaluate.json").read_text())
     assert set(results) == {
         "test.accuracy",

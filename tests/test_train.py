@@ -78,8 +78,8 @@ def test_training_logs_curves_and_learns(trained, mlflow_uri) -> None:
     run, out, *_ = trained
     client = MlflowClient(mlflow_uri)
     assert run.info.status == "FINISHED" and run.data.tags["pipeline.stage"] == "train"
-    first = client.get_metric_history(run.info.run_id, "train/loss")
-    epochs = client.get_metric_history(run.info.run_id, "loss")
+    first = client.get_metric_history(run.info.run_id, "train/batch_loss")
+    epochs = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in epochs] == [1, 2]
     assert min(m.step for m in first) == 1
     # The model learned: last epoch's mean loss is below the very first batch's loss.
@@ -101,7 +101,7 @@ def test_gradient_flow_is_logged(trained, mlflow_uri) -> None:
     client = MlflowClient(mlflow_uri)
     flow = client.get_metric_history(run.info.run_id, "grad_flow/rnn_1")
     assert sorted(m.step for m in flow) == list(range(48))  # one value per timestep
-    horizon = run.data.metrics["grad_horizon/rnn_1"]
+    horizon = run.data.metrics["grad_flow/horizon/rnn_1"]
     assert 1 <= horizon <= 48
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "grad_flow")}
     assert {
@@ -151,12 +151,12 @@ def test_evaluate_matches_scikit_learn_on_saved_predictions(trained, mlflow_uri)
     assert 0.5 < metrics["baseline.accuracy"] <= 1.0  # TF-IDF + LR learns something
     client = MlflowClient(mlflow_uri)
     logged = client.get_run(run.info.run_id).data.metrics
-    assert logged["test.accuracy"] == pytest.approx(metrics["test.accuracy"])
+    assert logged["test/accuracy"] == pytest.approx(metrics["test.accuracy"])
     (evaluation,) = client.search_runs(
         [run.info.experiment_id], filter_string="tags.`pipeline.stage` = 'evaluate'"
     )
     assert evaluation.data.tags["mlflow.parentRunId"] == run.info.run_id  # nested in the UI
-    assert logged["baseline.accuracy"] == pytest.approx(metrics["baseline.accuracy"])
+    assert logged["baseline/accuracy"] == pytest.approx(metrics["baseline.accuracy"])
     assert (out / "reports" / "confusion_matrix.png").stat().st_size > 1000
     predicted = CliRunner().invoke(
         app,
@@ -264,7 +264,8 @@ def test_killed_training_resumes_at_the_next_epoch(
     client = MlflowClient(mlflow_uri)
     run = only_run(client)  # the same run continued, not a second one
     assert run.info.status == "FINISHED"
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3]
+    epochs = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in epochs) == [1, 2, 3]
     assert not (tmp_path / "ckpt" / "classification").exists()
 
     # Indistinguishable from an uninterrupted training of the same params and seed.
@@ -357,7 +358,8 @@ def test_kill_between_the_metrics_flush_and_the_checkpoint_loses_nothing(
             train(tmp_path, mlflow_uri)
     client = MlflowClient(mlflow_uri)
     killed = only_run(client)
-    assert sorted(m.step for m in client.get_metric_history(killed.info.run_id, "loss")) == [1, 2]
+    epochs = client.get_metric_history(killed.info.run_id, "train/loss")
+    assert sorted(m.step for m in epochs) == [1, 2]
     train(tmp_path, mlflow_uri)  # resumes after epoch 1
     clean = tmp_path / "clean"
     train(clean, f"sqlite:///{clean / 'mlflow.db'}")

@@ -192,7 +192,7 @@ def test_training_reduces_loss_and_writes_reports(tiny_data, trained) -> None:
     assert (epoch / "attention_2.png").is_file() and not (epoch / "attention_3.png").exists()
     metrics = trained["result"].metrics
     assert 0 < metrics["val_token_accuracy"] <= 1
-    assert {"grad_horizon/encoder_1", "grad_horizon/decoder_1"} <= set(metrics)
+    assert {"grad_flow/horizon/encoder_1", "grad_flow/horizon/decoder_1"} <= set(metrics)
 
 
 @pytest.mark.slow

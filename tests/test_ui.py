@@ -17,12 +17,14 @@ from typing import Any
 
 import pytest
 from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from pipeline.server import runs_page
+from pipeline.ui_views import install_views, view_url
 from pipeline.vega import fetch_scripts
 from tests.mlflow_server import MlflowServer
-from tests.pipeline_runs import train_on, write_tiny_params
+from tests.pipeline_runs import env_for, run_cli, train_on, write_tiny_params
 from tests.test_dvc_views import PLOTS, dvc, plots_project
 
 pytest_plugins = ["tests.conftest_server"]
@@ -59,10 +61,18 @@ def browser() -> Iterator[Browser]:
 def training_run(
     mlflow_server: MlflowServer, tiny_data, default_params: dict[str, Any], tmp_path: Path
 ) -> Run:
-    """A tiny real training run logged to the test's server through the CLI."""
-    _, tok = tiny_data("classification")
+    """A tiny real training run, and its evaluation, logged to the test's server by the CLI."""
+    raw, tok = tiny_data("classification")
     params = write_tiny_params(tmp_path / "params.yaml", default_params)
-    return train_on(mlflow_server, tok, tmp_path, params)
+    run = train_on(mlflow_server, tok, tmp_path, params)
+    evaluate = ["evaluate", "classification", "--model", "model", "--data", str(tok)]
+    evaluate += ["--raw", str(raw), "--reports", "reports"]
+    run_cli(
+        [*evaluate, "--metrics", "eval.json", "--params", str(params)],
+        tmp_path,
+        env_for(mlflow_server),
+    )
+    return MlflowClient(mlflow_server.uri).get_run(run.info.run_id)
 
 
 def screenshot(page: Page, name: str, tmp_path: Path) -> Path:
@@ -77,12 +87,20 @@ def screenshot(page: Page, name: str, tmp_path: Path) -> Path:
 
 
 def open_training_run(page: Page, uri: str, run: Run, tmp_path: Path) -> None:
-    """Navigate as a user would: the task's runs page that `make mlflow-ui` prints -> the run."""
-    page.goto(runs_page(uri, run.info.experiment_id), wait_until="domcontentloaded")
+    """Navigate as a user would: the task's runs page that `make mlflow-ui` prints -> the run.
+
+    That page opens the experiment's headline view: the test metric and the gradient horizon
+    are columns of the runs table without picking them.
+    """
+    install_views(MlflowClient(uri))
+    page.goto(view_url(runs_page(uri, run.info.experiment_id)), wait_until="domcontentloaded")
     link = page.get_by_role("link", name="train-classification", exact=True)
     expect(link).to_be_visible(timeout=TIMEOUT_MS)  # the runs table, no click needed
     # The model-training view (its sidebar has the registry), not the GenAI view it opens in.
     expect(page.get_by_text("Model registry", exact=True)).to_be_visible()
+    for column in ("test/accuracy", "baseline/accuracy", "grad_flow/horizon/rnn_1"):
+        header = page.locator(f'.ag-header-cell[col-id="metrics.`{column}`"]')
+        expect(header).to_have_text(column)
     screenshot(page, "ui-runs-table.png", tmp_path)
     link.click()
 
@@ -105,6 +123,9 @@ def test_ui_shows_the_gradient_norm_of_a_training_run(
         open_training_run(page, mlflow_server.uri, training_run, tmp_path)
         run_page = re.compile(rf"#/experiments/\d+/runs/{training_run.info.run_id}")
         expect(page).to_have_url(run_page, timeout=TIMEOUT_MS)
+        # Its logged model and its evaluation, a child run, are listed on the run's page.
+        expect(page.get_by_text("Logged models (1)", exact=True)).to_be_visible()
+        expect(page.get_by_role("link", name="evaluate-classification")).to_be_visible()
         shown = shown_metric_value(page, "grad_norm/global")
         assert shown == pytest.approx(training_run.data.metrics["grad_norm/global"])
         screenshot(page, "ui-run-metrics.png", tmp_path)

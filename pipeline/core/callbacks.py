@@ -21,6 +21,7 @@ from pipeline.core.corpus import write_json
 from pipeline.core.gradients import BATCH_LOSS, is_epoch_metric
 from pipeline.core.gradients import GLOBAL as GLOBAL_NORM
 from pipeline.core.gradients import PREFIX as GRAD_PREFIX
+from pipeline.core.metric_names import STEP_LOSS, epoch_key
 from pipeline.core.tracking import StageRun
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Logged:
     @classmethod
     def of(cls, run: StageRun) -> Logged:
         """Read the run's last logged optimizer step and epoch."""
-        return cls(steps=run.last_step(GLOBAL_NORM), epochs=run.last_step("loss"))
+        return cls(steps=run.last_step(GLOBAL_NORM), epochs=run.last_step(epoch_key("loss")))
 
 
 @dataclass
@@ -149,7 +150,7 @@ class MlflowMetrics(StepCallback):
         if step % self.every and step != 1:
             return
         norms = {k: float(v) for k, v in (logs or {}).items() if k.startswith(GRAD_PREFIX)}
-        norms["train/loss"] = float(logs[BATCH_LOSS]) if logs and BATCH_LOSS in logs else math.nan
+        norms[STEP_LOSS] = float(logs[BATCH_LOSS]) if logs and BATCH_LOSS in logs else math.nan
         with self.lock:
             if step > self.logged.steps:
                 self.run.log_metrics(norms, step=step)
@@ -161,7 +162,7 @@ class MlflowMetrics(StepCallback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         values = {k: float(v) for k, v in (logs or {}).items() if is_epoch_metric(k)}
         if epoch + 1 > self.logged.epochs:
-            self.run.log_metrics(values, step=epoch + 1)
+            self.run.log_metrics({epoch_key(k): v for k, v in values.items()}, step=epoch + 1)
         self.epoch_rows.append({"epoch": epoch + 1, **values})
         self.step_rows.sort(key=lambda row: row["step"])  # hooks may finish out of order
 

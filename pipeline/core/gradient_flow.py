@@ -31,6 +31,8 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from pipeline.core.metric_names import flow_summary_key
+
 LossFn = Callable[[Any, Any], Any]
 """(y_true, y_pred) -> scalar or per-example losses; non-scalar results are summed."""
 
@@ -278,10 +280,10 @@ def summarize_flow(curves: dict[str, np.ndarray]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     for key, curve in curves.items():
         ordered = _processing_order(key, curve)
-        metrics[f"grad_horizon/{key}"] = gradient_horizon(ordered)
-        metrics[f"grad_log_ratio/{key}"] = log_decay_ratio(ordered)
+        metrics[flow_summary_key("horizon", key)] = gradient_horizon(ordered)
+        metrics[flow_summary_key("log_ratio", key)] = log_decay_ratio(ordered)
         last = _valid_steps(ordered)
-        metrics[f"grad_norm_last/{key}"] = float(last[-1]) if last.size else float("nan")
+        metrics[flow_summary_key("last", key)] = float(last[-1]) if last.size else float("nan")
     return metrics
 
 

@@ -39,6 +39,7 @@ from pipeline.core.callbacks import (
 )
 from pipeline.core.corpus import MODEL_FILE, RUN_FILE, write_json
 from pipeline.core.gradients import InstrumentedModel
+from pipeline.core.metric_names import train_summary
 from pipeline.core.tracking import StageRun
 from pipeline.params import TrainParams
 
@@ -334,6 +335,6 @@ def run_train(
 
         final |= summarize_flow(record.flow_curves()[-1])
     save_outputs(setup, run, (out_dir, plots_dir, work_dir), record, checkpoint)
-    run.log_metrics({f"final.{k}": v for k, v in final.items()})
+    run.log_metrics(train_summary(final))
     checkpoint.clear()
     return TrainResult(metrics=final, model_dir=out_dir, run_id=run.run_id)
