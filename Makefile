@@ -8,18 +8,25 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup setup-team repro test test-fast lint compare-cells plots mlflow-ui mlflow-server mlflow-server-pg clean
 
-$(BIN)/.installed: pyproject.toml uv.lock
+# GPU=1 (e.g. `make repro GPU=1`) installs TensorFlow with CUDA instead of the CPU build, same
+# version (uv.lock); the stamps differ, so switching back and forth re-syncs .venv.
+GPU ?=
+SYNC := uv sync --frozen $(if $(GPU),--no-group cpu --group gpu)
+FLAVOUR := $(if $(GPU),gpu,cpu)
+
+$(BIN)/.installed-$(FLAVOUR): pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet "uv==$(UV_VERSION)"
-	uv sync --frozen
+	$(SYNC)
+	@rm -f $(BIN)/.installed-*
 	@touch $@
 
-setup: $(BIN)/.installed  ## Create .venv with the pinned dependencies (uv.lock).
+setup: $(BIN)/.installed-$(FLAVOUR)  ## Create .venv with the pinned dependencies (uv.lock).
 
-$(BIN)/.installed-team: $(BIN)/.installed
-	uv sync --frozen --group team
+$(BIN)/.installed-team-$(FLAVOUR): $(BIN)/.installed-$(FLAVOUR)
+	$(SYNC) --group team
 	@touch $@
 
-setup-team: $(BIN)/.installed-team  ## Add the PostgreSQL driver for a team's tracking server.
+setup-team: $(BIN)/.installed-team-$(FLAVOUR)  ## Add the PostgreSQL driver for a team's tracking server.
 
 repro: setup  ## Run the whole DVC pipeline on the default offline data (params checked first).
 	python -m pipeline validate

@@ -1,5 +1,8 @@
 """Wall time of the DVC pipeline: cold run per stage, no-op rerun, and a one-param change.
 
+It also collects each task's training throughput, FLOP/s and MFU (model FLOP utilisation,
+`pipeline/core/flops.py`) from the `train.json` the cold run wrote.
+
 Works on a scratch clone of the current commit (your workspace is untouched) and prints a table;
 `--out FILE` also writes JSON. The cold run is timed stage by stage (`dvc repro -s STAGE` in
 pipeline order), so each number is that stage alone. `--workspace` instead forces every stage
@@ -100,12 +103,14 @@ def main(
         cold = timed_repro(repo, force=workspace)
         noop, _ = sh(["dvc", "repro"], repo)
         change = {} if workspace else one_param_change(repo)
+        trained = utilisation(repo)
     result = {
         "cold_seconds": cold,
         "cold_total": sum(cold.values()),
         "noop_seconds": noop,
         "cpus": os.cpu_count(),
         "load_average_after": os.getloadavg()[0],
+        "training": trained,
     } | change
     for stage, seconds in cold.items():
         typer.echo(f"{stage:<28} {seconds:8.1f} s")
@@ -116,8 +121,25 @@ def main(
             f"{'change ' + change['one_param_change']:<28} {change['one_param_seconds']:8.1f} s"
             f"  reran: {', '.join(change['one_param_reran'])}"
         )
+    for task, perf in trained.items():
+        typer.echo(
+            f"{'train ' + task:<28} {perf['samples_per_second']:8.1f} samples/s"
+            f"  {perf['flops_per_second'] / 1e9:6.2f} GFLOP/s  MFU {perf['mfu']:.3f}"
+        )
     if out:
         out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+PERF_KEYS = ("train_seconds", "samples_per_second", "flops_per_second", "matmul_peak_flops", "mfu")
+
+
+def utilisation(repo: Path) -> dict[str, dict[str, float]]:
+    """Each task's training throughput and MFU from its `metrics/<task>/train.json`."""
+    found = {}
+    for path in sorted(repo.glob("metrics/*/train.json")):
+        metrics = json.loads(path.read_text())
+        found[path.parent.name] = {k: metrics[k] for k in PERF_KEYS if k in metrics}
+    return found
 
 
 if __name__ == "__main__":

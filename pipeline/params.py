@@ -377,10 +377,11 @@ class TrainParams(RecurrentParams):
         description="Learning rate over training: constant, or cosine decay from learning_rate "
         "to 0 at the last step of the last epoch.",
     )
-    jit_compile: bool = Field(
+    jit_compile: bool | Literal["auto"] = Field(
         False,
-        description="Compile train/eval steps with XLA (one compile per batch shape; on CPU "
-        "faster for last-state heads, slower for models that return every step).",
+        description="Compile train/eval steps with XLA: true, false, or auto (Keras decides; "
+        "on CPU it left these models uncompiled). One compile per batch shape; a model with an "
+        "op XLA cannot compile trains uncompiled, with a log line naming the op.",
     )
     distribute: Literal["none", "mirrored", "multi_worker"] = Field(
         "none",

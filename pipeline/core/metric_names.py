@@ -10,7 +10,8 @@ below is one section there:
 - `grad_flow/` ‖∂L/∂h_t‖ per layer with the timestep as MLflow's step (`grad_flow/<layer>`),
   and per epoch its summaries `grad_flow/horizon/<layer>`, `grad_flow/log_ratio/<layer>`,
   `grad_flow/last/<layer>`;
-- `perf/` throughput and time (`perf/samples_per_second`, `perf/train_seconds`, flush latency);
+- `perf/` throughput, time and utilisation (`perf/samples_per_second`, `perf/train_seconds`,
+  `perf/flops_per_second`, `perf/mfu`; flush latency);
 - `data/` statistics of the download, tokenize and featurize stages;
 - `system/` CPU and memory (MLflow's own system metrics).
 
@@ -74,5 +75,9 @@ def train_summary(final: Mapping[str, float]) -> dict[str, float]:
         "epochs_run": "train/epochs",
         "train_seconds": "perf/train_seconds",
         "samples_per_second": "perf/samples_per_second",
+        "flops_per_example": "perf/flops_per_example",
+        "flops_per_second": "perf/flops_per_second",
+        "matmul_peak_flops": "perf/matmul_peak_flops",
+        "mfu": "perf/mfu",
     }
     return {name: float(final[k]) for k, name in names.items() if k in final}

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 from collections.abc import Callable, Iterator
@@ -38,12 +39,17 @@ from pipeline.core.callbacks import (
     TrainingRecord,
 )
 from pipeline.core.corpus import MODEL_FILE, RUN_FILE, write_json
+from pipeline.core.flops import matmul_peak, mean_timesteps, training_flops
 from pipeline.core.gradients import InstrumentedModel
 from pipeline.core.metric_names import train_summary
 from pipeline.core.tracking import StageRun
 from pipeline.params import TrainParams
 
 log = logging.getLogger(__name__)
+# TensorFlow's message when a graph holds an op with no XLA kernel ("... on XLA_CPU_JIT: PyFunc").
+UNSUPPORTED_BY_XLA = re.compile(
+    r"Detected unsupported operations when trying to compile graph .*? on XLA_\w+: (\w+)", re.S
+)
 
 
 class TrainingDiverged(RuntimeError):
@@ -204,8 +210,13 @@ class Checkpoint:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def compile_model(setup: TrainingSetup, cfg: TrainParams) -> InstrumentedModel:
-    """Wrap the task model for instrumented training (shares all layers) and compile it."""
+def compile_model(
+    setup: TrainingSetup, cfg: TrainParams, jit_compile: bool | str | None = None
+) -> InstrumentedModel:
+    """Wrap the task model for instrumented training (shares all layers) and compile it.
+
+    `jit_compile` overrides `cfg.jit_compile` (the uncompiled fallback passes False).
+    """
     model = InstrumentedModel(
         setup.model.inputs, setup.model.outputs, clip_norm=cfg.clip_norm, name=setup.model.name
     )
@@ -214,9 +225,18 @@ def compile_model(setup: TrainingSetup, cfg: TrainParams) -> InstrumentedModel:
         steps = max(int(setup.train.cardinality()), 1) * cfg.epochs
         optimizer.learning_rate = keras.optimizers.schedules.CosineDecay(cfg.learning_rate, steps)
     model.compile(
-        optimizer=optimizer, loss=setup.loss, metrics=setup.metrics, jit_compile=cfg.jit_compile
+        optimizer=optimizer,
+        loss=setup.loss,
+        metrics=setup.metrics,
+        jit_compile=cfg.jit_compile if jit_compile is None else jit_compile,
     )
     return model
+
+
+def xla_unsupported(error: tf.errors.OpError) -> str | None:
+    """The op XLA could not compile, if that is what `error` says (else None)."""
+    found = UNSUPPORTED_BY_XLA.search(str(error))
+    return found.group(1) if found else None
 
 
 def callbacks_for(
@@ -254,14 +274,19 @@ def fit(
     """Run `model.fit` with instrumentation; raise TrainingDiverged on a non-finite loss."""
     model = compile_model(setup, cfg)
     stack, record, guard = callbacks_for(setup, cfg, run, checkpoint)
-    model.fit(
-        setup.train,
-        validation_data=setup.val,
-        epochs=cfg.epochs,
-        callbacks=stack,
-        verbose=0,
-        shuffle=False,
-    )
+    peak = matmul_peak()  # this machine's limit now, for MFU (about a second)
+    fit_args = {"validation_data": setup.val, "epochs": cfg.epochs, "callbacks": stack}
+    try:
+        model.fit(setup.train, verbose=0, shuffle=False, **fit_args)
+    except tf.errors.InvalidArgumentError as error:
+        op = xla_unsupported(error)
+        if op is None or int(model.optimizer.iterations.numpy()) > 0:
+            raise
+        # Nothing was trained (XLA fails before the first step): the same weights, uncompiled.
+        log.warning("jit_compile: XLA cannot compile %s; training without XLA", op)
+        run.set_tags({"pipeline.jit_compile": f"off: XLA cannot compile {op}"})
+        model = compile_model(setup, cfg, jit_compile=False)
+        model.fit(setup.train, verbose=0, shuffle=False, **fit_args)
     if guard.diverged_at is not None:
         checkpoint.clear()
         raise TrainingDiverged(
@@ -275,7 +300,25 @@ def fit(
         "samples_per_second": record.samples / max(record.seconds, 1e-9),
         "epochs_run": float(len(record.epoch_rows)),
     }
-    return final, record
+    return final | utilisation(setup.model, setup.train, final["samples_per_second"], peak), record
+
+
+def utilisation(
+    model: keras.Model, train: tf.data.Dataset, samples_per_second: float, peak: float
+) -> dict[str, float]:
+    """Training FLOPs per example and per second of the whole run, and MFU against `peak`.
+
+    The run's seconds include validation, the probe and logging, so this is what the stage
+    achieves, not a kernel's best.
+    """
+    per_example = training_flops(model, mean_timesteps(train))
+    achieved = per_example * samples_per_second
+    return {
+        "flops_per_example": per_example,
+        "flops_per_second": achieved,
+        "matmul_peak_flops": peak,
+        "mfu": achieved / peak,
+    }
 
 
 def save_outputs(
