@@ -377,7 +377,7 @@ class TrainParams(RecurrentParams):
         description="Learning rate over training: constant, or cosine decay from learning_rate "
         "to 0 at the last step of the last epoch.",
     )
-    jit_compile: bool | Literal["auto"] = Field(
+    jit_compile: Literal[True, False, "auto"] = Field(
         False,
         description="Compile train/eval steps with XLA: true, false, or auto (Keras decides; "
         "on CPU it left these models uncompiled). One compile per batch shape; a model with an "

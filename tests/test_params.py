@@ -102,6 +102,11 @@ def test_repository_params_are_valid() -> None:
             "maybe",
             "train.speech.register: expected a valid boolean, got 'maybe'",
         ),
+        (
+            "train.language_model.jit_compile",
+            "always",
+            "train.language_model.jit_compile: expected one of True, False, auto, got 'always'",
+        ),
     ],
 )
 def test_bad_value_exits_2_naming_the_key(write_params, key, value, expected, tmp_path) -> None:
