@@ -97,4 +97,4 @@ def test_repro_forecasting_end_to_end_then_forecast_and_compare(tmp_path: Path) 
         [*cli, "compare", "forecasting"], cwd=repo, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "test.mase" in done.stdout
+    assert "test/mase" in done.stdout
