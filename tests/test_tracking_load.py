@@ -22,3 +22,4 @@ def test_two_trainings_survive_a_server_kill_with_nothing_lost(tiny_data, tmp_pa
     assert load["lost_points"] == 0 and load["duplicated_points"] == 0
     assert load["left_running"] == 0
     assert load["flushes"] > 0 and load["metric_points"] > 0
+    assert len(load["load_average_start"]) == len(load["load_average_end"]) == 3
