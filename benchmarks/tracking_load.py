@@ -268,6 +268,9 @@ def run_load(
         "TF_CPP_MIN_LOG_LEVEL": "2",
     }
     client = MlflowClient(server.uri)
+    # A team's experiment exists before its trainings: N first stages racing to create it
+    # would fail all but one (get-or-create is not atomic over HTTP).
+    client.create_experiment("classification")
     stop, reads, rss = threading.Event(), [], []
     threads = [
         threading.Thread(target=poll_runs, args=(client, stop, reads), daemon=True),
