@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.core.tracking import (
     INVOCATION_STAGE,
     PARENT_TAG,
+    _experiment_id,
     attached_run,
     flatten,
     git_state,
@@ -209,3 +210,21 @@ def test_a_stage_outside_dvc_has_no_parent(mlflow_uri: str, monkeypatch) -> None
     client = MlflowClient(mlflow_uri)
     assert PARENT_TAG not in client.get_run(run.run_id).data.tags
     assert len(client.search_runs([run.experiment_id])) == 1
+
+
+class LateClient(MlflowClient):
+    """A client that, like a stage racing another, looks the experiment up before it exists."""
+
+    def __init__(self, uri: str):
+        super().__init__(uri)
+        self.lookups = 0
+
+    def get_experiment_by_name(self, name):
+        self.lookups += 1
+        return None if self.lookups == 1 else super().get_experiment_by_name(name)
+
+
+def test_a_stage_that_loses_the_experiment_creation_race_joins_the_winner(mlflow_uri) -> None:
+    winner = MlflowClient(mlflow_uri).create_experiment("speech")
+    late = LateClient(mlflow_uri)  # saw no experiment; the other stage then created it
+    assert _experiment_id(late, "speech") == winner and late.lookups == 2

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -178,11 +179,22 @@ def _artifact_location(client: MlflowClient, name: str) -> str | None:
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
-    """Get or create the experiment for a task."""
+    """Get or create the experiment for a task.
+
+    Two stages starting together (queued experiments, concurrent trainings on a shared
+    server) may both find it missing; the one whose create loses the race reads the winner's.
+    """
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_location(client, name))
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_location(client, name))
+    except MlflowException as exc:
+        created = client.get_experiment_by_name(name)
+        if created is None:
+            raise
+        log.debug("experiment %s was created concurrently (%s)", name, exc.error_code)
+        return created.experiment_id
 
 
 class TrackingUnavailable(RuntimeError):
