@@ -38,6 +38,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.distribute import free_ports
+from pipeline.core.metric_names import TRAIN_STEPS
 from pipeline.server import LEAN_ENV, mlflow_command, postgres, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -227,14 +228,15 @@ def audit(client: MlflowClient, down: tuple[float, float] | None) -> dict[str, A
     experiment = client.get_experiment_by_name("classification")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     training = [r for r in runs if r.data.tags.get("pipeline.stage") == "train"]
-    lost = duplicated = points = 0
+    lost = duplicated = points = checked = 0
     flushes: list[float] = []
     during_restart: list[float] = []
     for run in training:
-        steps = int(run.data.metrics.get("final.steps", 0))
+        steps = int(run.data.metrics[TRAIN_STEPS])  # a run without it never finished training
         logged = [m.step for m in client.get_metric_history(run.info.run_id, "grad_norm/global")]
         duplicated += len(logged) - len(set(logged))
         lost += len(set(range(1, steps + 1)) - set(logged))
+        checked += steps
         for key in run.data.metrics:
             points += len(client.get_metric_history(run.info.run_id, key))
         for m in client.get_metric_history(run.info.run_id, "perf/flush_ms"):
@@ -243,6 +245,7 @@ def audit(client: MlflowClient, down: tuple[float, float] | None) -> dict[str, A
             (during_restart if hit else flushes).append(m.value)
     return {
         "training_runs": len(training),
+        "steps_checked": checked,  # every one of them must have its gradient norm
         "finished": sum(r.info.status == "FINISHED" for r in training),
         "left_running": sum(r.info.status == "RUNNING" for r in runs),
         "lost_points": lost,

@@ -19,6 +19,7 @@ def test_two_trainings_survive_a_server_kill_with_nothing_lost(tiny_data, tmp_pa
         load = run_load(tok, 2, tmp_path / "load", cluster.uri, restart=True)
     assert load["exit_codes"] == [0, 0]
     assert load["training_runs"] == load["finished"] == 2
+    assert load["steps_checked"] > 0  # the check covered every step both trainings took
     assert load["lost_points"] == 0 and load["duplicated_points"] == 0
     assert load["left_running"] == 0
     assert load["flushes"] > 0 and load["metric_points"] > 0

@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 FLOW = "grad_flow/"
 FLOW_SUMMARIES = ("horizon", "log_ratio", "last")
+TRAIN_STEPS = "train/steps"  # optimizer steps of the whole training, resumed sessions included
 STEP_LOSS = "train/batch_loss"  # this step's own loss, logged every few steps
 VAL_PREFIX = "val_"  # Keras's prefix for validation metrics
 
@@ -71,7 +72,7 @@ def train_summary(final: Mapping[str, float]) -> dict[str, float]:
     series, so they are not logged a second time.
     """
     names = {
-        "steps": "train/steps",
+        "steps": TRAIN_STEPS,
         "epochs_run": "train/epochs",
         "train_seconds": "perf/train_seconds",
         "samples_per_second": "perf/samples_per_second",
