@@ -16,12 +16,11 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.corpus import RUN_FILE, write_json
 from pipeline.core.metric_names import flow_summary_key, mlflow_metrics
-from pipeline.core.tracking import attached_run, stage_run
+from pipeline.core.tracking import PARENT_TAG, attached_run, stage_run
 from pipeline.params import Task
 from pipeline.tasks import evaluation_task
 
 TRAIN_RUN_TAG = "pipeline.train_run_id"
-PARENT_RUN_TAG = "mlflow.parentRunId"
 PIPELINE_ROW = (flow_summary_key("horizon", ""), "perf/train_seconds", "perf/samples_per_second")
 
 
@@ -80,7 +79,7 @@ def copy_to_pipeline_run(client: MlflowClient, train_run: str, scores: dict[str,
     training time, so one pipeline run reads as one row.
     """
     trained = client.get_run(train_run)
-    parent = trained.data.tags.get(PARENT_RUN_TAG)
+    parent = trained.data.tags.get(PARENT_TAG)
     if parent is None:
         return
     summary = {k: v for k, v in trained.data.metrics.items() if k.startswith(PIPELINE_ROW)}
