@@ -59,7 +59,7 @@ RETRY_ENV = {"MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_MAX
 # them (TensorFlow sizes its pools to all cores per process; a model this small gains nothing).
 TF_THREADS_ENV = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
 # Trainings are batch work on the cores the shared server needs to answer promptly.
-BATCH_NICE = 5
+BATCH_NICE = 19  # default niceness of the trainings (`--batch-nice`)
 TIMEOUT_S = 600
 
 
@@ -112,16 +112,16 @@ def write_params(path: Path, extra: dict[str, Any] | None = None) -> Path:
     return path
 
 
-def as_batch(process: subprocess.Popen) -> subprocess.Popen:
+def as_batch(process: subprocess.Popen, nice: int) -> subprocess.Popen:
     """Run a just-started process (started in its own session) below the tracking server.
 
     With autogroup scheduling (`kernel.sched_autogroup_enabled`, on in most distributions)
     `nice` only ranks processes within one session, so the session's group is niced too.
     """
     with suppress(OSError):  # no autogroup in this kernel: plain nice is what counts
-        Path(f"/proc/{process.pid}/autogroup").write_text(str(BATCH_NICE))
+        Path(f"/proc/{process.pid}/autogroup").write_text(str(nice))
     with suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, process.pid, BATCH_NICE)
+        os.setpriority(os.PRIO_PROCESS, process.pid, nice)
     return process
 
 
@@ -134,7 +134,9 @@ def stop_all(processes: list[subprocess.Popen]) -> None:
             process.wait()
 
 
-def start_trainings(data: Path, work: Path, count: int, env: dict[str, str]) -> list[Any]:
+def start_trainings(
+    data: Path, work: Path, count: int, env: dict[str, str], nice: int
+) -> list[Any]:
     """`count` trainings of the real `train` command, each in its own directory."""
     processes = []
     for index in range(count):
@@ -154,7 +156,8 @@ def start_trainings(data: Path, work: Path, count: int, env: dict[str, str]) -> 
                         stdout=log,
                         stderr=subprocess.STDOUT,
                         start_new_session=True,
-                    )
+                    ),
+                    nice,
                 )
             )
     return processes
@@ -191,7 +194,7 @@ def wait_for_first_flush(client: MlflowClient, deadline_s: float = 300) -> None:
     raise RuntimeError("no training logged anything")
 
 
-def run_grid(work: Path, env: dict[str, str]) -> subprocess.Popen:
+def run_grid(work: Path, env: dict[str, str], nice: int) -> subprocess.Popen:
     """A `dvc exp run --queue -j 2` grid of two tiny trainings in a scratch project."""
     repo = work / "grid"
     shutil.copytree(
@@ -216,7 +219,7 @@ def run_grid(work: Path, env: dict[str, str]) -> subprocess.Popen:
     env = env | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"}
     return as_batch(subprocess.Popen(["bash", "-c", script], cwd=repo, env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     start_new_session=True))  # fmt: skip
+                                     start_new_session=True), nice)  # fmt: skip
 
 
 def audit(client: MlflowClient, down: tuple[float, float] | None) -> dict[str, Any]:
@@ -257,7 +260,13 @@ def audit(client: MlflowClient, down: tuple[float, float] | None) -> dict[str, A
 
 
 def run_load(
-    data: Path, trainings: int, work: Path, backend_uri: str, restart: bool, grid: bool = False
+    data: Path,
+    trainings: int,
+    work: Path,
+    backend_uri: str,
+    restart: bool,
+    grid: bool = False,
+    nice: int = BATCH_NICE,
 ) -> dict[str, Any]:
     """One load scenario on a fresh database schema; returns its measurements."""
     server = Server(backend_uri, work)
@@ -284,9 +293,9 @@ def run_load(
     try:
         for thread in threads:
             thread.start()
-        processes += start_trainings(data, work, trainings, env)
+        processes += start_trainings(data, work, trainings, env, nice)
         if grid:
-            processes.append(run_grid(work, env))
+            processes.append(run_grid(work, env, nice))
         down = None
         if restart:
             wait_for_first_flush(client)
@@ -311,7 +320,7 @@ def run_load(
         "restarted": restart,
         "load_average_start": load_start,
         "load_average_end": load_average(),
-        "trainings_nice": BATCH_NICE,
+        "trainings_nice": nice,
         "exit_codes": codes,
         "seconds": round(seconds, 1),
         "points_per_second": round(result["metric_points"] / seconds, 1),
@@ -344,6 +353,12 @@ def main(
         int, typer.Option(help="Then N trainings plus the DVC grid (0 = no grid scenario).")
     ] = 4,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
+    batch_nice: Annotated[
+        int,
+        typer.Option(
+            min=0, max=19, help="Niceness of the trainings and the grid (their sessions too)."
+        ),
+    ] = BATCH_NICE,
 ) -> None:
     """Print one row per load (N trainings; then N with the DVC grid), all with a restart."""
     scenarios = [(count, False) for count in counts or [1, 2, 4]]
@@ -354,7 +369,7 @@ def main(
         for count, grid in scenarios:
             cluster = stack.enter_context(postgres(free_ports(1)[0]))
             work = root / f"n{count}{'-grid' if grid else ''}"
-            row = run_load(data, count, work, cluster.uri, restart=True, grid=grid)
+            row = run_load(data, count, work, cluster.uri, restart=True, grid=grid, nice=batch_nice)
             results.append(row)
             if out:  # after every scenario, so a later failure keeps what was measured
                 write_results(out, results)
