@@ -11,6 +11,9 @@ is left alone, so the one-param change is skipped).
 
     python benchmarks/repro_timing.py --out benchmarks/results/repro_timing.json
     python benchmarks/repro_timing.py --noop-repeats 5 --out benchmarks/results/repro_noop.json
+
+`--noop-repeats N` times N no-op repros of this workspace, each followed by one of a scratch
+project holding a single copy stage: the floor DVC itself sets on this machine.
 """
 
 from __future__ import annotations
@@ -72,12 +75,39 @@ def one_param_change(repo: Path) -> dict:
     }
 
 
+def one_stage_project(folder: Path) -> Path:
+    """A scratch DVC project of one up-to-date copy stage: DVC's own no-op floor."""
+    for args in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+    ):
+        sh(args, folder)
+    (folder / "a.txt").write_text("a\n")
+    sh(["dvc", "stage", "add", "-q", "-n", "copy", "-d", "a.txt", "-o", "b.txt",
+        "cp a.txt b.txt"], folder)  # fmt: skip
+    sh(["dvc", "repro", "-q"], folder)
+    return folder
+
+
 def noop_only(repo: Path, repeats: int, out: Path | None) -> None:
-    """Time `dvc repro` on an up-to-date workspace, `repeats` times."""
-    seconds = [sh(["dvc", "repro"], repo)[0] for _ in range(repeats)]
+    """Time `dvc repro` on an up-to-date workspace and on a one-stage project, interleaved."""
+    with tempfile.TemporaryDirectory() as tmp:
+        floor_repo = one_stage_project(Path(tmp))
+        seconds, floor = [], []
+        for _ in range(repeats):
+            seconds.append(sh(["dvc", "repro"], repo)[0])
+            floor.append(sh(["dvc", "repro"], floor_repo)[0])
     typer.echo("no-op repro: " + ", ".join(f"{s:.2f} s" for s in seconds))
+    typer.echo("one-stage project: " + ", ".join(f"{s:.2f} s" for s in floor))
     if out:
-        out.write_text(json.dumps({"noop_seconds": seconds, "cpus": os.cpu_count()}) + "\n")
+        result = {
+            "noop_seconds": seconds,
+            "one_stage_noop_seconds": floor,
+            "stages": len(stages(repo)),
+            "cpus": os.cpu_count(),
+        }
+        out.write_text(json.dumps(result) + "\n")
 
 
 def main(
