@@ -85,6 +85,8 @@ def cli(args: list[str], **kwargs) -> subprocess.Popen:
 def weights(model_dir: Path) -> list[np.ndarray]:
     import keras
 
+    import pipeline.tasks.classification.model  # noqa: F401  (registers the pooling layer)
+
     return keras.saving.load_model(model_dir / "model.keras").get_weights()
 
 
