@@ -12,6 +12,9 @@ often shared, so times are upper bounds).
     # one cell of the README's cell comparison
     python benchmarks/quality.py --task classification --seed 42 \
         --set train.classification.cell=lstm --out benchmarks/results/cells/lstm.json
+
+Overrides of `download.<task>.*` or `tokenize.<task>.*` download and tokenize the task again in
+the scratch folder (once, shared by the seeds) instead of reading the repository's data.
 """
 
 from __future__ import annotations
@@ -63,9 +66,27 @@ KEYS = {
 }
 
 
-def train_and_evaluate(task: str, work: Path, env: dict[str, str]) -> dict[str, float]:
-    """Train, then evaluate on the test split; return both metrics files merged."""
-    data, raw = ROOT / "data/tokenized" / task, ROOT / "data/raw" / task
+def prepare(task: str, params: dict, work: Path) -> tuple[Path, Path]:
+    """Download and tokenize `task` with `params` into `work` (its data was overridden)."""
+    work.mkdir(parents=True)
+    path = work / "params.yaml"
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
+    raw, data = work / "raw", work / "tokenized"
+    pipeline(["download", task, "--out", str(raw), "--params", str(path)], env)
+    pipeline(
+        ["tokenize", task, "--data", str(raw), "--out", str(data)]
+        + ["--metrics", str(work / "tokenize.json"), "--params", str(path)],
+        env,
+    )
+    return data, raw
+
+
+def train_and_evaluate(
+    task: str, work: Path, env: dict[str, str], inputs: tuple[Path, Path]
+) -> dict[str, float]:
+    """Train on `inputs` (tokenized, raw), then evaluate on the test split; both metrics files."""
+    data, raw = inputs
     common = ["--params", str(work / "params.yaml")]
     load = os.getloadavg()[0]
     pipeline(
@@ -100,13 +121,15 @@ def overridden(overrides: list[str]) -> dict:
     return params
 
 
-def run_seed(task: str, seed: int, params: dict, work: Path) -> dict[str, float]:
+def run_seed(
+    task: str, seed: int, params: dict, work: Path, inputs: tuple[Path, Path]
+) -> dict[str, float]:
     """Train and evaluate one task with one training seed; return the metrics of interest."""
     work.mkdir(parents=True)
     params = {**params, "train": {**params["train"], task: {**params["train"][task], "seed": seed}}}
     (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
-    results = train_and_evaluate(task, work, env)
+    results = train_and_evaluate(task, work, env, inputs)
     if task == "language_model":
         results["perplexity_ratio"] = results["test.perplexity"] / results["baseline.perplexity"]
     summaries = ("grad_flow/horizon/", "grad_flow/log_ratio/")
@@ -152,11 +175,19 @@ def main(
     with tempfile.TemporaryDirectory() as tmp:
         for task in tasks:
             work = Path(tmp) / task
-            rows = {s: run_seed(task, s, params, work / str(s)) for s in seeds or [42, 43, 44]}
+            inputs = (ROOT / "data/tokenized" / task, ROOT / "data/raw" / task)
+            prefixes = (f"download.{task}.", f"tokenize.{task}.")
+            if any(o.startswith(prefixes) for o in overrides or []):
+                inputs = prepare(task, params, work / "data")
+            rows = {
+                s: run_seed(task, s, params, work / str(s), inputs) for s in seeds or [42, 43, 44]
+            }
             summary = summarize(rows, list(next(iter(rows.values()))))
             show(task, rows, summary)
+            used = {section: params[section].get(task) for section in ("download", "tokenize")}
             train = params["train"][task]
             result["tasks"][task] = {"train_params": train, "seeds": rows, "summary": summary}
+            result["tasks"][task] |= {f"{k}_params": v for k, v in used.items() if v is not None}
             if out:  # after every task, so a long run keeps what it finished
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_text(json.dumps(result, indent=2) + "\n")
