@@ -329,7 +329,7 @@ def predict(
     (classification)."""
     if task is not Task.classification:
         raise fail("predict supports classification; use `generate`, `translate` or `recognize`", 2)
-    cfg = read_params(params).train.classification
+    read_params(params)  # validated as every command does; reviews are read whole
     texts = _read_inputs(text, input_file)
     from pipeline.tasks.classification.predict import (
         label_probability,
@@ -340,7 +340,7 @@ def predict(
 
     with _model_dir(model, model_uri) as directory:
         network, sp = load_predictor(model_files(directory))
-    results = predict_texts(network, sp, texts, cfg.max_len)
+    results = predict_texts(network, sp, texts)
     rows = [
         (t, label, f"{label_probability(label, p):.4f}")
         for t, (label, p) in zip(texts, results, strict=True)

@@ -65,3 +65,29 @@ def test_pooled_model_saves_and_loads(tmp_path: Path) -> None:
     model.save(tmp_path / "model.keras")
     tokens = np.array([[3, 4, 5, 0], [7, 0, 0, 0]], dtype="int32")
     np.testing.assert_allclose(load_model(tmp_path)(tokens), model(tokens), rtol=1e-6)
+
+
+def test_predictions_come_back_in_input_order_from_length_sorted_batches() -> None:
+    """Batches are grouped by length (little padding); each probability lands on its input."""
+    from pipeline.tasks.classification.predict import predict_probabilities
+
+    model = build_classifier(POOLED, 30)
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(1, 30, size=n).astype("int32") for n in (9, 1, 30, 4, 0, 17, 2)]
+    probs = predict_probabilities(model, seqs, batch=3)
+    alone = [float(model(np.asarray([s if len(s) else [0]]))[0, 0]) for s in seqs]
+    np.testing.assert_allclose(probs, alone, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_evaluation_reads_whole_reviews(tiny_data) -> None:
+    """`max_len` keeps the last tokens of training reviews; None (evaluation) keeps them all."""
+    from pipeline.tasks.classification.data import load_split
+
+    _, tok = tiny_data("classification")
+    whole, labels = load_split(tok, "test", None)
+    cut, same_labels = load_split(tok, "test", 8)
+    assert max(map(len, whole)) > 8
+    for full, short in zip(whole, cut, strict=True):
+        np.testing.assert_array_equal(short, full[-8:])
+    np.testing.assert_array_equal(labels, same_labels)

@@ -46,10 +46,8 @@ def recurrent_flops(layer: keras.layers.Layer, width: int) -> int:
     return 0 if gates is None else gates * 2 * (width + layer.units) * layer.units
 
 
-def dense_flops(layer: keras.layers.Layer) -> tuple[int, bool]:
+def dense_flops(layer: keras.layers.Dense) -> tuple[int, bool]:
     """Forward FLOPs of a Dense layer per application, and whether it applies per timestep."""
-    if not isinstance(layer, keras.layers.Dense):
-        return 0, False
     rank = len(keras.tree.flatten(layer.input)[0].shape)
     return 2 * _width(layer) * layer.units, rank > 2
 

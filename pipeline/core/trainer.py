@@ -37,6 +37,7 @@ from pipeline.core.callbacks import (
     Progress,
     Reporter,
     TrainingRecord,
+    current_step,
 )
 from pipeline.core.corpus import MODEL_FILE, RUN_FILE, write_json
 from pipeline.core.flops import matmul_peak, mean_timesteps, training_flops
@@ -280,7 +281,7 @@ def fit(
         model.fit(setup.train, verbose=0, shuffle=False, **fit_args)
     except tf.errors.InvalidArgumentError as error:
         op = xla_unsupported(error)
-        if op is None or int(model.optimizer.iterations.numpy()) > 0:
+        if op is None or current_step(model) > 0:
             raise
         # Nothing was trained (XLA fails before the first step): the same weights, uncompiled.
         log.warning("jit_compile: XLA cannot compile %s; training without XLA", op)
@@ -296,7 +297,7 @@ def fit(
     final = {k: v for k, v in record.epoch_rows[-1].items() if k != "epoch"}
     final |= {  # over every session of a resumed training
         "train_seconds": record.seconds,
-        "steps": float(int(model.optimizer.iterations.numpy())),
+        "steps": float(current_step(model)),
         "samples_per_second": record.samples / max(record.seconds, 1e-9),
         "epochs_run": float(len(record.epoch_rows)),
     }

@@ -87,7 +87,9 @@ def evaluate(
 ) -> dict[str, float]:
     """Score the trained model and the TF-IDF baseline on the test split; write the reports."""
     model = load_model(model_dir)
-    seqs, labels = load_split(data_dir, "test", cfg.max_len)
+    # Whole reviews, as `predict` and the served model read them: `train.classification.max_len`
+    # truncates training reviews for speed, and the pooled model reads any length.
+    seqs, labels = load_split(data_dir, "test", None)
     probs = predict_probabilities(model, seqs, cfg.batch_size)
     metrics = classification_metrics(labels.astype(int), probs, "test")
     baseline, _ = tfidf_baseline(

@@ -18,11 +18,13 @@ LABELS = ("negative", "positive")
 
 
 def predict_probabilities(model: keras.Model, seqs: list[np.ndarray], batch: int) -> np.ndarray:
-    """P(positive) for each sequence, batched in input order."""
-    out = [
-        model.predict_on_batch(pad_batch(seqs[i : i + batch])) for i in range(0, len(seqs), batch)
-    ]
-    return np.concatenate(out).reshape(-1) if out else np.zeros(0, dtype=np.float32)
+    """P(positive) for each sequence, in input order (batched by length: little padding)."""
+    order = np.argsort([len(s) for s in seqs], kind="stable")
+    probs = np.zeros(len(seqs), dtype=np.float32)
+    for i in range(0, len(seqs), batch):
+        rows = order[i : i + batch]
+        probs[rows] = np.asarray(model.predict_on_batch(pad_batch([seqs[j] for j in rows])))[:, 0]
+    return probs
 
 
 def decide(probs: np.ndarray) -> np.ndarray:
@@ -42,9 +44,14 @@ def load_predictor(model_dir: Path) -> tuple[keras.Model, spm.SentencePieceProce
 
 
 def predict_texts(
-    model: keras.Model, sp: spm.SentencePieceProcessor, texts: list[str], max_len: int
+    model: keras.Model,
+    sp: spm.SentencePieceProcessor,
+    texts: list[str],
+    max_len: int | None = None,
 ) -> list[tuple[str, float]]:
-    """(label, P(positive)) for raw texts; empty texts get the model's no-evidence answer."""
-    seqs = [np.asarray(sp.encode(text)[-max_len:] or [], dtype=np.int32) for text in texts]
+    """(label, P(positive)) for raw texts, each read whole (or its last `max_len` subwords);
+    empty texts get the model's no-evidence answer."""
+    encoded = [sp.encode(text) for text in texts]
+    seqs = [np.asarray(ids[-max_len:] if max_len else ids, dtype=np.int32) for ids in encoded]
     probs = predict_probabilities(model, seqs, batch=64)
     return [(LABELS[label], float(p)) for label, p in zip(decide(probs), probs, strict=True)]

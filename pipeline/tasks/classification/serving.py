@@ -67,7 +67,6 @@ class SentimentClassifier(mlflow.pyfunc.PythonModel):
 
         self.model = keras.saving.load_model(context.artifacts["keras_model"])
         self.sp = spm.SentencePieceProcessor(model_file=context.artifacts["tokenizer"])
-        self.max_len = int(context.model_config["max_len"])
 
     def predict(
         self,
@@ -76,7 +75,7 @@ class SentimentClassifier(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """Classify texts with the same preprocessing as `python -m pipeline predict`."""
-        rows = predict_texts(self.model, self.sp, to_texts(model_input), self.max_len)
+        rows = predict_texts(self.model, self.sp, to_texts(model_input))
         return pd.DataFrame(rows, columns=["label", "probability"])
 
 
@@ -105,9 +104,7 @@ def copy_served_code(package: Path, dest: Path) -> Path:
     return code
 
 
-def save_pyfunc_model(
-    model_dir: Path, max_len: int, path: Path, mlflow_model: Model | None = None
-) -> Path:
+def save_pyfunc_model(model_dir: Path, path: Path, mlflow_model: Model | None = None) -> Path:
     """Write the pyfunc model (artifacts, code, signature, example) to a new directory."""
     package = Path(__file__).resolve().parents[2]  # the `pipeline` package
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,7 +119,6 @@ def save_pyfunc_model(
                 "tokenizer": str(model_dir / TOKENIZER),
             },
             code_paths=[str(code)],
-            model_config={"max_len": max_len},
             signature=SIGNATURE,
             input_example=pd.DataFrame({TEXT_COLUMN: ["a wonderful, moving film", ""]}),
             pip_requirements=pinned_requirements(REQUIREMENTS),
@@ -131,18 +127,18 @@ def save_pyfunc_model(
     return path
 
 
-def pyfunc_format(model_dir: Path, max_len: int) -> ModelFormat:
+def pyfunc_format(model_dir: Path) -> ModelFormat:
     """The servable model of the classifier saved in `model_dir`."""
 
     def save(path: Path, mlflow_model: Model) -> None:
-        save_pyfunc_model(model_dir, max_len, path, mlflow_model)
+        save_pyfunc_model(model_dir, path, mlflow_model)
 
     return ModelFormat(ARTIFACT_PATH, save)
 
 
-def log_pyfunc_model(run: StageRun, model_dir: Path, max_len: int) -> str:
+def log_pyfunc_model(run: StageRun, model_dir: Path) -> str:
     """Log the pyfunc model as a model of `run`; return its `runs:/` URI."""
-    log_model(run, pyfunc_format(model_dir, max_len))
+    log_model(run, pyfunc_format(model_dir))
     return f"runs:/{run.run_id}/{ARTIFACT_PATH}"
 
 

@@ -41,4 +41,4 @@ def setup(cfg: ClassificationTrain, data_dir: Path) -> TrainingSetup:
 
 def after_training(cfg: ClassificationTrain, run: StageRun, model_dir: Path) -> None:
     """Log the servable model (raw text in) as the run's MLflow model, instead of the Keras one."""
-    log_pyfunc_model(run, model_dir, cfg.max_len)
+    log_pyfunc_model(run, model_dir)
