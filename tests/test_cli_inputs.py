@@ -92,7 +92,6 @@ def test_predict_prints_each_label_with_its_own_probability(
     from pipeline.tasks.classification.predict import load_predictor, predict_texts
 
     model, params = classifier
-    max_len = load_params(params).train.classification.max_len
     command = ["predict", "classification", "--model", str(model), "--params", str(params)]
     outputs = three_ways(command, REVIEWS, tmp_path)
     for result in outputs:
@@ -100,7 +99,7 @@ def test_predict_prints_each_label_with_its_own_probability(
     header, *rows = table(outputs[0].stdout)
     assert header == ["text", "label", "p_label"]
     assert [row[0] for row in rows] == [*REVIEWS[:2], "tab inside"]  # TSV-safe
-    expected = predict_texts(*load_predictor(model), REVIEWS, max_len)
+    expected = predict_texts(*load_predictor(model), REVIEWS)
     for (_, label, shown), (want, p_positive) in zip(rows, expected, strict=True):
         assert label == want
         assert float(shown) == pytest.approx(max(p_positive, 1 - p_positive), abs=1e-4)

@@ -20,13 +20,11 @@ from mlflow.tracking import MlflowClient
 from pipeline.tasks.classification.serving import ARTIFACT_PATH, to_texts
 from tests.mlflow_server import MlflowServer, ModelServer
 from tests.pipeline_runs import train_on, write_tiny_params
-from tests.test_train import TINY_TRAIN
 
 pytest_plugins = ["tests.conftest_server"]
 pytestmark = pytest.mark.slow
 
 TEXTS = ["great film, moving and funny", ""]  # an empty review gets the no-evidence answer
-MAX_LEN = TINY_TRAIN["train.classification.max_len"]
 
 
 class LoggedModel(NamedTuple):
@@ -50,7 +48,7 @@ def logged_model(
     _, tok = tiny_data("classification")
     work = tmp_path_factory.mktemp("serving")
     run = train_on(module_server, tok, work, write_tiny_params(work / "p.yaml", default_params))
-    expected = predict_texts(*load_predictor(work / "model"), TEXTS, MAX_LEN)
+    expected = predict_texts(*load_predictor(work / "model"), TEXTS)
     shutil.rmtree(work / "model")  # the served model may only use what travelled inside it
     return LoggedModel(module_server, f"runs:/{run.info.run_id}/{ARTIFACT_PATH}", expected)
 

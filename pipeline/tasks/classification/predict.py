@@ -44,14 +44,10 @@ def load_predictor(model_dir: Path) -> tuple[keras.Model, spm.SentencePieceProce
 
 
 def predict_texts(
-    model: keras.Model,
-    sp: spm.SentencePieceProcessor,
-    texts: list[str],
-    max_len: int | None = None,
+    model: keras.Model, sp: spm.SentencePieceProcessor, texts: list[str]
 ) -> list[tuple[str, float]]:
-    """(label, P(positive)) for raw texts, each read whole (or its last `max_len` subwords);
-    empty texts get the model's no-evidence answer."""
-    encoded = [sp.encode(text) for text in texts]
-    seqs = [np.asarray(ids[-max_len:] if max_len else ids, dtype=np.int32) for ids in encoded]
+    """(label, P(positive)) for raw texts, each read whole; empty texts get the model's
+    no-evidence answer."""
+    seqs = [np.asarray(sp.encode(text), dtype=np.int32) for text in texts]
     probs = predict_probabilities(model, seqs, batch=64)
     return [(LABELS[label], float(p)) for label, p in zip(decide(probs), probs, strict=True)]
