@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,13 +11,6 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# pytest-xdist already runs one test process per core, and many tests start more (stages,
-# workers, servers): TensorFlow's default pools of one thread per core in every one of them
-# oversubscribe the cores. One thread each, inherited by the subprocesses the tests start,
-# unless the caller set them.
-for _variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"):
-    os.environ.setdefault(_variable, "1")
 
 
 @pytest.fixture
