@@ -66,12 +66,16 @@ KEYS = {
 }
 
 
+def scratch(work: Path, params: dict) -> dict[str, str]:
+    """Create `work` holding `params` as params.yaml; the environment of its own MLflow store."""
+    work.mkdir(parents=True)
+    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+    return {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
+
+
 def prepare(task: str, params: dict, work: Path) -> tuple[Path, Path]:
     """Download and tokenize `task` with `params` into `work` (its data was overridden)."""
-    work.mkdir(parents=True)
-    path = work / "params.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
+    env, path = scratch(work, params), work / "params.yaml"
     raw, data = work / "raw", work / "tokenized"
     pipeline(["download", task, "--out", str(raw), "--params", str(path)], env)
     pipeline(
@@ -125,10 +129,8 @@ def run_seed(
     task: str, seed: int, params: dict, work: Path, inputs: tuple[Path, Path]
 ) -> dict[str, float]:
     """Train and evaluate one task with one training seed; return the metrics of interest."""
-    work.mkdir(parents=True)
     params = {**params, "train": {**params["train"], task: {**params["train"][task], "seed": seed}}}
-    (work / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work}/mlflow.db"}
+    env = scratch(work, params)
     results = train_and_evaluate(task, work, env, inputs)
     if task == "language_model":
         results["perplexity_ratio"] = results["test.perplexity"] / results["baseline.perplexity"]
