@@ -1,0 +1,86 @@
+"""Beam size and length penalty of the translator, chosen on validation BLEU.
+
+Decodes the validation and test splits of `dvc repro` with the trained translator
+(`models/translation`) greedily and with each beam size and GNMT length-penalty alpha
+(`evaluate.translation.beam_size`, `length_penalty`), and writes sacreBLEU, chrF and the
+hypothesis/reference length ratio of each setting. Pick the setting on validation; the test
+column is for reporting only.
+
+    dvc repro train_translation
+    python benchmarks/translation_beam.py --out benchmarks/results/translation_beam.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Annotated
+
+import sacrebleu
+import typer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def score(hypotheses: list[str], references: list[str]) -> dict[str, float]:
+    """Corpus BLEU, chrF and the length ratio (sacreBLEU's own tokenization)."""
+    bleu = sacrebleu.corpus_bleu(hypotheses, [references])
+    chrf = sacrebleu.corpus_chrf(hypotheses, [references])
+    return {"bleu": bleu.score, "chrf": chrf.score, "length_ratio": bleu.sys_len / bleu.ref_len}
+
+
+def main(
+    beams: Annotated[
+        list[int] | None, typer.Option("--beam", help="Beam sizes (repeatable).")
+    ] = None,
+    alphas: Annotated[
+        list[float] | None, typer.Option("--alpha", help="Length-penalty alphas (repeatable).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Write results as JSON here.")] = None,
+) -> None:
+    """Score greedy and beam decoding of validation and test for each setting."""
+    from pipeline.core.corpus import read_jsonl
+    from pipeline.params import Task, load_params
+    from pipeline.tasks.translation.data import load_pairs
+    from pipeline.tasks.translation.translate import load_translator
+
+    params = load_params(ROOT / "params.yaml")
+    train, evaluate = params.train.section(Task.translation), params.evaluate.translation
+    translator = load_translator(ROOT / "models/translation")
+    settings = [(1, 0.0)] + [
+        (b, a) for b in beams or [2, 4] for a in alphas or [0.6, 1.0, 2.0, 3.0]
+    ]
+    result: dict = {"model": "models/translation", "decode_max_len": evaluate.decode_max_len}
+    for split in ("val", "test"):
+        sources, _ = load_pairs(ROOT / "data/tokenized/translation", split, train.max_len)
+        references = [r["tgt"] for r in read_jsonl(ROOT / f"data/raw/translation/{split}.jsonl")]
+        rows = result.setdefault(split, {"sentences": len(references), "settings": []})
+        for beam, alpha in settings:
+            ids = translator.decode_ids(sources, beam, evaluate.decode_max_len, alpha)
+            row = {"beam_size": beam, "length_penalty": alpha}
+            row |= score(translator.detokenize(ids), references)
+            rows["settings"].append(row)
+            print(
+                f"{split:<5} beam {beam} alpha {alpha:<4} "
+                + " ".join(
+                    f"{k} {v:.3f}"
+                    for k, v in row.items()
+                    if k not in ("beam_size", "length_penalty")
+                ),
+                flush=True,
+            )
+    best = max(result["val"]["settings"][1:], key=lambda r: r["bleu"])
+    result["best_beam_on_val"] = {
+        "beam_size": best["beam_size"],
+        "length_penalty": best["length_penalty"],
+    }
+    result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    typer.run(main)
