@@ -8,10 +8,10 @@ model (same seed), so every variant pays its tracing and compilation, as a user'
   train step (gradient norms, clipping), the task's `jit_compile` setting, validation, the
   gradient-flow probe, MLflow logging (a throwaway local store), the epoch checkpoint and
   reports;
-- `plain`: the same model compiled with Keras's defaults (its own train step,
+- `plain`: the same model compiled with Keras's defaults (float32, its own train step,
   `jit_compile="auto"`) and `model.fit` with the same validation data and no callbacks;
-- `uninstrumented`: like `plain` but at the stage's compile setting — only when that differs
-  from what Keras's `auto` chose, since otherwise it is `plain` again.
+- `uninstrumented`: like `plain` but at the stage's compile and precision settings — only when
+  they differ from Keras's defaults, since otherwise it is `plain` again.
 
 Variants are interleaved within each repeat, so machine noise hits all alike; the median and
 the best epoch of each are reported, with the ratios stage/plain and stage/uninstrumented.
@@ -35,16 +35,20 @@ import tensorflow as tf
 import typer
 import yaml
 
+from pipeline.core.precision import compute_precision, this_machine
 from pipeline.core.tracking import stage_run
 from pipeline.core.trainer import Checkpoint, TrainingSetup, fit, make_optimizer, set_seed
 from pipeline.params import Task, TrainParams, load_params
 from pipeline.tasks import training_task
 
 
-def fresh_setup(task: Task, cfg: TrainParams, data: Path) -> TrainingSetup:
-    """The task's model and data exactly as `train` builds them."""
+def fresh_setup(
+    task: Task, cfg: TrainParams, data: Path, precision: str | None = None
+) -> TrainingSetup:
+    """The task's model and data as `train` builds them (at `precision`: default the cfg's)."""
     set_seed(cfg.seed)
-    return training_task(task.value).setup(cfg, data)
+    with compute_precision(precision or cfg.precision):
+        return training_task(task.value).setup(cfg, data)
 
 
 def count_samples(dataset: tf.data.Dataset) -> int:
@@ -64,9 +68,11 @@ def stage_epoch(task: Task, cfg: TrainParams, data: Path, work: Path) -> float:
     return seconds
 
 
-def keras_epoch(task: Task, cfg: TrainParams, data: Path, jit_compile: bool | str) -> float:
+def keras_epoch(
+    task: Task, cfg: TrainParams, data: Path, jit_compile: bool | str, precision: str
+) -> float:
     """Seconds of one plain `model.fit` epoch (Keras's train step, no callbacks)."""
-    setup = fresh_setup(task, cfg, data)
+    setup = fresh_setup(task, cfg, data, precision)
     model = setup.model
     model.compile(
         optimizer=make_optimizer(cfg), loss=setup.loss, metrics=setup.metrics,
@@ -79,22 +85,28 @@ def keras_epoch(task: Task, cfg: TrainParams, data: Path, jit_compile: bool | st
 
 def resolved_auto(task: Task, cfg: TrainParams, data: Path) -> bool:
     """Whether Keras's `jit_compile="auto"` compiles this task's model."""
-    setup = fresh_setup(task, cfg, data)
+    setup = fresh_setup(task, cfg, data, "float32")
     setup.model.compile(optimizer=make_optimizer(cfg), loss=setup.loss, jit_compile="auto")
     return bool(setup.model.jit_compile)
 
 
 def measure(task: Task, cfg: TrainParams, data: Path, repeats: int, work: Path) -> dict:
     """Samples/s of each variant's whole epochs, interleaved `repeats` times."""
-    cfg = cfg.model_copy(update={"epochs": 1, "early_stopping_patience": None})
+    precision = this_machine(cfg.precision)  # what `train` resolves `auto` to here
+    cfg = cfg.model_copy(
+        update={"epochs": 1, "early_stopping_patience": None, "precision": precision}
+    )
     samples = count_samples(fresh_setup(task, cfg, data).train)
     auto = resolved_auto(task, cfg, data)
     variants = {
         "stage": lambda: stage_epoch(task, cfg, data, work),
-        "plain": lambda: keras_epoch(task, cfg, data, "auto"),
+        "plain": lambda: keras_epoch(task, cfg, data, "auto", "float32"),
     }
-    if cfg.jit_compile != "auto" and bool(cfg.jit_compile) != auto:
-        variants["uninstrumented"] = lambda: keras_epoch(task, cfg, data, cfg.jit_compile)
+    same_jit = cfg.jit_compile == "auto" or bool(cfg.jit_compile) == auto
+    if not same_jit or cfg.precision != "float32":
+        variants["uninstrumented"] = lambda: keras_epoch(
+            task, cfg, data, cfg.jit_compile, cfg.precision
+        )
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, epoch in variants.items():
@@ -107,6 +119,7 @@ def measure(task: Task, cfg: TrainParams, data: Path, repeats: int, work: Path) 
         "units": cfg.units,
         "batch_size": cfg.batch_size,
         "jit_compile": cfg.jit_compile,
+        "precision": cfg.precision,
         "keras_auto_compiles": auto,
         "samples_per_epoch": samples,
         "samples_per_s": rates,
@@ -146,7 +159,7 @@ def main(
             results[task.value] = result
             median = result["median_samples_per_s"]
             typer.echo(
-                f"{task.value:<15} {cfg.cell}({cfg.units}) jit={cfg.jit_compile}  "
+                f"{task.value:<15} {cfg.cell}({cfg.units}) jit={cfg.jit_compile} {cfg.precision}  "
                 + "  ".join(f"{name} {rate:7.1f}" for name, rate in median.items())
                 + f" samples/s (median)  stage/plain {result['stage_vs_plain']['median']:.3f}"
                 f"  stage/same-compile {result['stage_vs_same_compile']['median']:.3f}"

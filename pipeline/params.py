@@ -472,6 +472,13 @@ class TrainParams(RecurrentParams):
         "on CPU it left these models uncompiled). One compile per batch shape; a model with an "
         "op XLA cannot compile trains uncompiled, with a log line naming the op.",
     )
+    precision: Literal["float32", "mixed_bfloat16", "auto"] = Field(
+        "float32",
+        description="Compute dtype: float32; mixed_bfloat16 (weights, optimizer and loss stay "
+        "float32, layers compute in bfloat16); or auto: mixed_bfloat16 on a CPU with native "
+        "bfloat16 (AVX512-BF16 or AMX) and no GPU, else float32. Probability and regression "
+        "heads compute in float32. The run's `pipeline.precision` tag says what was used.",
+    )
     distribute: Literal["none", "mirrored", "multi_worker"] = Field(
         "none",
         description="tf.distribute strategy: none, mirrored (this host's GPUs) or multi_worker "

@@ -10,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.core.corpus import write_json
 from pipeline.core.distribute import Worker
+from pipeline.core.precision import compute_precision, this_machine
 from pipeline.core.registry import (
     keras_format,
     log_model,
@@ -64,15 +65,21 @@ def _train_owned(
         resume_run_id=resume if worker.is_chief else None,
         client=scratch_client,
     ) as run:
+        precision = this_machine(cfg.precision)
         run.set_tags(
-            {"pipeline.workers": str(worker.count), "pipeline.replicas": str(worker.replicas)}
+            {
+                "pipeline.workers": str(worker.count),
+                "pipeline.replicas": str(worker.replicas),
+                "pipeline.precision": precision,
+            }
         )
         monitored = (
             system_metrics(run, resumed=resume is not None) if worker.is_chief else nullcontext()
         )
         with monitored, worker.strategy.scope():
             adapter = training_task(task)
-            setup = adapter.setup(cfg, paths.data)
+            with compute_precision(precision):
+                setup = adapter.setup(cfg, paths.data)
             result = run_train(
                 setup, cfg, run, checkpoint, paths.out, paths.plots, paths.plots / "epochs"
             )

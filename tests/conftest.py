@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """One TensorFlow thread per pool in each process that runs tests, not in what they start.
+    """One TensorFlow thread per pool in each process that runs tests, one op thread in what
+    they start.
 
     The tests that run in-process execute thousands of tiny ops; while other tests' stages,
     workers and servers hold both cores, handing each op to a pool thread that waits for a core
-    made one such test take 40-50 s in the suite against 1.4 s alone. The subprocesses the tests
-    start (real stages) keep TensorFlow's default pools: the environment is left alone.
+    made one such test take 40-50 s in the suite against 1.4 s alone. The stages the tests
+    start inherit `TF_NUM_INTRAOP_THREADS=1` (read by TensorFlow at start-up): with one test
+    per core, a second op thread per stage only contends for the other test's core. Their
+    inter-op pools stay TensorFlow's default (collective ops of multi-worker training need them).
     """
     if getattr(config, "workerinput", None) is None and config.getoption("numprocesses", None):
         return  # the xdist controller runs no test
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)

@@ -146,6 +146,8 @@ TINY_TRANSLATION = {
     "train.translation.log_every_n_steps": 2,
     "train.translation.probe_batch_size": 4,
     "train.translation.report_examples": 2,
+    # Explicit, not `auto`: the bfloat16 path (reports, greedy and beam decoding) runs on any CPU.
+    "train.translation.precision": "mixed_bfloat16",
     "evaluate.translation.beam_size": 2,
     "evaluate.translation.decode_max_len": 10,
 }
@@ -193,6 +195,7 @@ def test_evaluate_params_rerun_evaluation_only_and_train_params_both(tmp_path: P
     shown = pipeline_run.data.metrics
     assert shown["test/bleu_beam"] == evaluations[2].data.metrics["test/bleu_beam"]
     assert shown["perf/train_seconds"] == trained.data.metrics["perf/train_seconds"]
+    assert trained.data.tags["pipeline.precision"] == "mixed_bfloat16"
     assert (
         shown["grad_flow/horizon/encoder_1"] == trained.data.metrics["grad_flow/horizon/encoder_1"]
     )

@@ -78,6 +78,7 @@ def test_training_logs_curves_and_learns(trained, mlflow_uri) -> None:
     run, out, *_ = trained
     client = MlflowClient(mlflow_uri)
     assert run.info.status == "FINISHED" and run.data.tags["pipeline.stage"] == "train"
+    assert run.data.tags["pipeline.precision"] == "float32"  # the classifier's default
     first = client.get_metric_history(run.info.run_id, "train/batch_loss")
     epochs = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in epochs] == [1, 2]

@@ -60,6 +60,6 @@ def build_classifier(cfg: ClassificationTrain, vocab_size: int) -> keras.Model:
     else:
         # Recurrent block over every position, then masked max and mean over time.
         x = MaskedMaxMeanPooling(name="pooling")(recurrent_stack(x, cfg, sequences=True))
-    # Head: one logistic unit.
-    probability = keras.layers.Dense(1, activation="sigmoid", name="head")(x)
+    # Head: one logistic unit, in float32 so probabilities keep their ranking (ROC-AUC).
+    probability = keras.layers.Dense(1, activation="sigmoid", name="head", dtype="float32")(x)
     return keras.Model(tokens, probability, name="classifier")

@@ -25,12 +25,12 @@ def build_forecaster(
         flat = keras.layers.Flatten(name="future_flat")(future)
         z = keras.layers.Concatenate(name="head_input")([state, flat])
         z = keras.layers.Dense(cfg.head_units, activation="relu", name="head_hidden")(z)
-        forecast = keras.layers.Dense(horizon, name="head")(z)
+        forecast = keras.layers.Dense(horizon, name="head", dtype="float32")(z)
     else:
         # Decoder: a recurrent layer reads each step's covariates beside the encoder state.
         repeated = keras.layers.RepeatVector(horizon, name="state_repeat")(state)
         z = keras.layers.Concatenate(name="decoder_input")([repeated, future])
         z = recurrent_layer(cfg, "decoder_1", return_sequences=True, units=cfg.head_units)(z)
-        z = keras.layers.Dense(1, name="head")(z)
-        forecast = keras.layers.Reshape((horizon,), name="forecast")(z)
+        z = keras.layers.Dense(1, name="head", dtype="float32")(z)
+        forecast = keras.layers.Reshape((horizon,), name="forecast", dtype="float32")(z)
     return keras.Model([history, future], forecast, name="forecaster")

@@ -20,5 +20,7 @@ def build_recognizer(cfg: SpeechTrain, num_features: int) -> keras.Model:
     # Recurrent block: the last layer returns only its final state.
     x = recurrent_stack(x, cfg)
     # Head: softmax over the ten digits.
-    probabilities = keras.layers.Dense(DIGITS, activation="softmax", name="head")(x)
+    probabilities = keras.layers.Dense(DIGITS, activation="softmax", name="head", dtype="float32")(
+        x
+    )
     return keras.Model(frames, probabilities, name="recognizer")

@@ -97,9 +97,20 @@ class KerasStepModel:
 def traced(
     model: keras.Model, after: Callable[[dict], dict] = lambda outputs: outputs
 ) -> Callable[[dict], dict]:
-    """Trace `model` once for any batch size and length (a shape change would retrace)."""
+    """Trace `model` once for any batch size and length (a shape change would retrace).
+
+    Outputs come back in float32 whatever the model computes in (mixed_bfloat16 included), so
+    log-probabilities, beam scores and attention maps keep full precision downstream.
+    """
     spec = {name: tf.TensorSpec(x.shape, x.dtype, name=name) for name, x in model.input.items()}
-    return tf.function(lambda inputs: after(model(inputs, training=False)), input_signature=[spec])
+    return tf.function(
+        lambda inputs: after(_float32(model(inputs, training=False))), input_signature=[spec]
+    )
+
+
+def _float32(outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Cast floating outputs to float32 (integer ones pass through)."""
+    return {k: tf.cast(v, tf.float32) if v.dtype.is_floating else v for k, v in outputs.items()}
 
 
 def _log_softmax(outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
