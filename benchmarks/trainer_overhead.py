@@ -159,7 +159,8 @@ def main(
             results[task.value] = result
             median = result["median_samples_per_s"]
             typer.echo(
-                f"{task.value:<15} {cfg.cell}({cfg.units}) jit={cfg.jit_compile} {cfg.precision}  "
+                f"{task.value:<15} {cfg.cell}({cfg.units}) jit={cfg.jit_compile} "
+                f"{result['precision']}  "
                 + "  ".join(f"{name} {rate:7.1f}" for name, rate in median.items())
                 + f" samples/s (median)  stage/plain {result['stage_vs_plain']['median']:.3f}"
                 f"  stage/same-compile {result['stage_vs_same_compile']['median']:.3f}"
