@@ -47,6 +47,7 @@ def test_mean_timesteps_is_the_padded_length_per_example() -> None:
     assert mean_timesteps(ragged) == pytest.approx((2 * 3 + 9) / 3)
 
 
-def test_matmul_peak_is_a_plausible_rate() -> None:
-    peak = matmul_peak(size=128, seconds=0.05)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_matmul_peak_is_a_plausible_rate(dtype: str) -> None:
+    peak = matmul_peak(size=128, seconds=0.05, dtype=dtype)
     assert 1e8 < peak < 1e14  # between a slow core and a large GPU, in FLOP/s

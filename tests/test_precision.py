@@ -56,6 +56,8 @@ def test_a_mixed_classifier_keeps_float32_weights_and_probabilities() -> None:
         model = build_classifier(TINY, vocab_size=20)
     rnn, head = model.get_layer("rnn_1"), model.get_layer("head")
     assert rnn.compute_dtype == "bfloat16"
+    # The trainer's MFU peak is measured in the model's compute dtype.
+    assert model.dtype_policy.compute_dtype == "bfloat16"
     assert {v.dtype for v in model.trainable_variables} == {"float32"}
     # The probability head computes in float32: bfloat16's 8-bit mantissa would tie
     # probabilities near 0 and 1 and blunt ROC-AUC.

@@ -2,9 +2,10 @@
 
 Under Keras's `mixed_bfloat16` policy layers compute in bfloat16 while weights, optimizer state
 and losses stay float32. It pays only where bfloat16 matrix products run natively: CPUs with
-AVX512-BF16 or AMX (measured here: 2.2x the float32 matmul throughput, 1.2x on whole training
-epochs). Elsewhere they are emulated (slower than float32), and cuDNN's recurrent kernels take
-no bfloat16, so `auto` resolves to float32 on a GPU or a CPU without those instructions.
+AVX512-BF16 or AMX (measured here, `benchmarks/matmul_peak.py`: 1.9x the float32 throughput on
+large products, 1.2x on an LSTM step's small ones and on whole training runs). Elsewhere they
+are emulated (slower than float32), and cuDNN's recurrent kernels take no bfloat16, so `auto`
+resolves to float32 on a GPU or a CPU without those instructions.
 """
 
 from __future__ import annotations

@@ -275,7 +275,8 @@ def fit(
     """Run `model.fit` with instrumentation; raise TrainingDiverged on a non-finite loss."""
     model = compile_model(setup, cfg)
     stack, record, guard = callbacks_for(setup, cfg, run, checkpoint)
-    peak = matmul_peak()  # this machine's limit now, for MFU (about a second)
+    # This machine's limit now, in the dtype the layers compute in, for MFU (about a second).
+    peak = matmul_peak(dtype=setup.model.dtype_policy.compute_dtype)
     fit_args = {"validation_data": setup.val, "epochs": cfg.epochs, "callbacks": stack}
     try:
         model.fit(setup.train, verbose=0, shuffle=False, **fit_args)
