@@ -21,7 +21,7 @@ from typing import Annotated
 import tensorflow as tf
 import typer
 
-from pipeline.core.precision import cpu_flags, resolve_precision
+from pipeline.core.precision import NATIVE_BF16_FLAGS, cpu_flags, resolve_precision
 
 SHAPES = {
     "square 1024": (1024, 1024, 1024),
@@ -53,7 +53,7 @@ def main(
     flags = cpu_flags()
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "native_bfloat16": sorted({"avx512_bf16", "amx_bf16"} & flags),
+        "native_bfloat16": sorted(NATIVE_BF16_FLAGS & flags),
         "auto_resolves_to": resolve_precision("auto", flags, 0),
         "shapes": {},
     }
