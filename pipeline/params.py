@@ -522,6 +522,26 @@ class TranslationTrain(TrainParams):
     """Encoder-decoder with optional attention."""
 
     attention: Literal["none", "luong", "bahdanau"] = Field("luong", description="Attention.")
+    lexical_attention: bool = Field(
+        False,
+        description="The attention memory also holds each source token's embedding beside the "
+        "encoder's output: a direct path from source words to the output (after Nguyen & Chiang "
+        "2018), which helps rare words when the encoder has seen them too seldom.",
+    )
+    word_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Fraction of source and target-input tokens whose whole embedding is zeroed "
+        "in training (Gal & Ghahramani's word dropout).",
+    )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Probability mass spread uniformly over the target vocabulary in the loss "
+        "(Szegedy et al.); the gradient-flow probe and test metrics use plain cross-entropy.",
+    )
     report_examples: int = Field(
         10, ge=0, description="Validation sentences greedy-decoded into each epoch's report."
     )

@@ -22,6 +22,7 @@ from pipeline.params import (
 )
 from pipeline.tasks.translation import data as trdata
 from pipeline.tasks.translation import evaluate as treval
+from pipeline.tasks.translation import model as trmodel
 from pipeline.tasks.translation import train as trtrain
 from pipeline.tasks.translation.lexicon import learn_lexicon, translate_words
 
@@ -70,6 +71,45 @@ def test_losses_ignore_padding() -> None:
         assert mean == pytest.approx(tokens[real].mean(), rel=1e-5)
         per_example = np.asarray(trtrain.per_example_loss(targets, values))
         np.testing.assert_allclose(per_example, (tokens * real).sum(axis=1), rtol=1e-5)
+
+
+def test_label_smoothing_mixes_uniform_cross_entropy_over_real_tokens() -> None:
+    """(1 - s) * CE + s * mean_v(-log p_v), averaged over non-pad tokens; s = 0 is plain CE."""
+    targets, logits = padded_example()
+    real = targets != 0
+    log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
+    expected = 0.8 * manual_cross_entropy(targets, logits) - 0.2 * log_probs.mean(axis=-1)
+    smoothed = float(trtrain.token_loss(0.2)(targets, logits))
+    assert smoothed == pytest.approx(expected[real].mean(), rel=1e-5)
+    plain = float(trtrain.SmoothedTokenLoss(0.0)(targets, logits))
+    assert plain == pytest.approx(float(trtrain.token_loss()(targets, logits)), rel=1e-5)
+
+
+def test_word_dropout_zeroes_whole_tokens_in_training_only() -> None:
+    """Each token's embedding is kept (scaled) or zeroed as a whole; inference is untouched."""
+    x = keras.Input(shape=(None, 8))
+    model = keras.Model(x, trmodel.word_dropout(x, 0.5, "word_dropout"))
+    embedded = np.ones((4, 50, 8), np.float32)
+    dropped = np.asarray(model(embedded, training=True))
+    per_token = dropped.reshape(-1, 8)
+    assert set(np.unique(per_token.min(axis=1))) == {0.0, 2.0}
+    assert (per_token.min(axis=1) == per_token.max(axis=1)).all()
+    np.testing.assert_array_equal(np.asarray(model(embedded, training=False)), embedded)
+
+
+def test_lexical_attention_memory_holds_source_embeddings(tmp_path: Path) -> None:
+    """The memory is [encoder outputs; embeddings], and survives a save/load round trip."""
+    cfg = TranslationTrain(units=6, embedding_dim=4, lexical_attention=True)
+    seq2seq = trmodel.build_seq2seq(cfg, 20, 30)
+    source = np.asarray([[3, 4, 5, 0]], np.int32)
+    outputs = seq2seq.encoder({"source": source})
+    memory = np.asarray(outputs[trmodel.MEMORY])
+    assert memory.shape == (1, 4, 6 + 4) and seq2seq.layers.memory_width() == 10
+    embedded = np.asarray(seq2seq.layers.source_embedding(source))
+    np.testing.assert_allclose(memory[0, :3, 6:], embedded[0, :3], rtol=1e-6)
+    seq2seq.model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    assert trmodel.seq2seq_from_model(loaded).layers.memory_width() == 10
 
 
 def test_token_accuracy_ignores_padding() -> None:

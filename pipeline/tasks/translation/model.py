@@ -36,6 +36,7 @@ from pipeline.params import TranslationTrain
 
 SOURCE, TARGET_IN, TOKEN = "source", "target_in", "token"
 MEMORY, KEYS, LOGITS, ATTENTION = "memory", "keys", "logits", "attention"
+LEXICAL = "lexical_memory"
 STATE_KINDS = ("h", "c")
 KerasTensor = keras.KerasTensor
 
@@ -54,6 +55,7 @@ class Seq2SeqLayers:
     attention_query: keras.layers.Layer | None = None
     attention_keys: keras.layers.Layer | None = None
     attention_output: keras.layers.Layer | None = None
+    lexical: bool = False
 
     def state_names(self) -> list[list[str]]:
         """Names of each decoder layer's states (`state_1_h`, `state_1_c`, ...)."""
@@ -63,8 +65,9 @@ class Seq2SeqLayers:
         ]
 
     def memory_width(self) -> int:
-        """Feature width of the last encoder layer's outputs."""
-        return output_width(self.encoders[-1])
+        """Feature width of the attention memory (encoder outputs, and embeddings if lexical)."""
+        extra = int(self.source_embedding.output_dim) if self.lexical else 0
+        return output_width(self.encoders[-1]) + extra
 
 
 @dataclass
@@ -124,6 +127,7 @@ def make_layers(cfg: TranslationTrain, src_vocab: int, tgt_vocab: int) -> Seq2Se
         ],
         logits=keras.layers.Dense(tgt_vocab, name=LOGITS),
         **attention_layers(cfg),
+        lexical=cfg.lexical_attention and cfg.attention != "none",
     )
 
 
@@ -139,7 +143,7 @@ def attention_layers(cfg: TranslationTrain) -> dict[str, keras.layers.Layer]:
         layers["attention_keys"] = dense(cfg.units, use_bias=False, name="attention_keys")
     else:
         layers["attention"] = keras.layers.Attention(name=ATTENTION)
-        if cfg.bidirectional:
+        if cfg.bidirectional or cfg.lexical_attention:
             layers["attention_keys"] = dense(cfg.units, use_bias=False, name="attention_keys")
     return layers
 
@@ -167,6 +171,7 @@ def layers_from_model(model: keras.Model) -> Seq2SeqLayers:
         attention_query=optional("attention_query"),
         attention_keys=optional("attention_keys"),
         attention_output=optional("attention_output"),
+        lexical=LEXICAL in names,
     )
 
 
@@ -176,6 +181,13 @@ def layers_from_model(model: keras.Model) -> Seq2SeqLayers:
 def dropout(x: KerasTensor, rate: float, name: str) -> KerasTensor:
     """Dropout on recurrent outputs in the training graph only (inference skips it)."""
     return keras.layers.Dropout(rate, name=name)(x) if rate > 0 else x
+
+
+def word_dropout(x: KerasTensor, rate: float, name: str) -> KerasTensor:
+    """Zero whole token embeddings (one draw per token) in the training graph only."""
+    if rate <= 0:
+        return x
+    return keras.layers.Dropout(rate, noise_shape=(None, None, 1), name=name)(x)
 
 
 def bridge(states: list[KerasTensor], dense: list[keras.layers.Layer]) -> list[KerasTensor]:
@@ -191,15 +203,17 @@ def bridge(states: list[KerasTensor], dense: list[keras.layers.Layer]) -> list[K
 
 
 def encode(
-    layers: Seq2SeqLayers, source: KerasTensor, rate: float = 0.0
+    layers: Seq2SeqLayers, source: KerasTensor, rate: float = 0.0, word_rate: float = 0.0
 ) -> tuple[KerasTensor, KerasTensor, list[list[KerasTensor]]]:
     """Source ids -> (memory, attention keys, decoder initial states per layer)."""
-    x = layers.source_embedding(source)
+    x = embedded = word_dropout(layers.source_embedding(source), word_rate, "source_word_dropout")
     states = []
     for index, (encoder, dense) in enumerate(zip(layers.encoders, layers.bridges, strict=True)):
         x, *final = encoder(x)
         states.append(bridge(final, dense))
         x = dropout(x, rate, f"encoder_dropout_{index + 1}")
+    if layers.lexical:
+        x = keras.layers.Concatenate(name=LEXICAL)([x, embedded])
     keys = layers.attention_keys(x) if layers.attention_keys is not None else x
     return x, keys, states
 
@@ -223,9 +237,10 @@ def decode(
     keys: KerasTensor | None,
     states: list[list[KerasTensor]],
     rate: float = 0.0,
+    word_rate: float = 0.0,
 ) -> tuple[KerasTensor, list[list[KerasTensor]], KerasTensor | None]:
     """Target ids + initial states -> (logits, final states per layer, attention weights)."""
-    y = layers.target_embedding(tokens)
+    y = word_dropout(layers.target_embedding(tokens), word_rate, "target_word_dropout")
     finals = []
     for index, (decoder, initial) in enumerate(zip(layers.decoders, states, strict=True)):
         y, *final = decoder(y, initial_state=initial)
@@ -242,11 +257,11 @@ def token_input(name: str) -> KerasTensor:
     return keras.Input(shape=(None,), dtype="int32", name=name)
 
 
-def training_model(layers: Seq2SeqLayers, rate: float) -> keras.Model:
+def training_model(layers: Seq2SeqLayers, rate: float, word_rate: float = 0.0) -> keras.Model:
     """Teacher forcing: (source, BOS + target) -> logits (B, T, tgt_vocab)."""
     source, target_in = token_input(SOURCE), token_input(TARGET_IN)
-    memory, keys, states = encode(layers, source, rate)
-    logits, _, _ = decode(layers, target_in, memory, keys, states, rate)
+    memory, keys, states = encode(layers, source, rate, word_rate)
+    logits, _, _ = decode(layers, target_in, memory, keys, states, rate, word_rate)
     return keras.Model({SOURCE: source, TARGET_IN: target_in}, logits, name="seq2seq")
 
 
@@ -295,7 +310,7 @@ def step_model(layers: Seq2SeqLayers) -> keras.Model:
 def build_seq2seq(cfg: TranslationTrain, src_vocab: int, tgt_vocab: int) -> Seq2Seq:
     """Build the training model and its weight-sharing encoder and step decoder."""
     layers = make_layers(cfg, src_vocab, tgt_vocab)
-    model = training_model(layers, cfg.dropout)
+    model = training_model(layers, cfg.dropout, cfg.word_dropout)
     return Seq2Seq(model, encoder_model(layers), step_model(layers), layers)
 
 
