@@ -528,6 +528,11 @@ class TranslationTrain(TrainParams):
         "encoder's output: a direct path from source words to the output (after Nguyen & Chiang "
         "2018), which helps rare words when the encoder has seen them too seldom.",
     )
+    tie_embeddings: bool = Field(
+        False,
+        description="Output logits score the attentional state against the target embedding "
+        "matrix (Press & Wolf 2017) plus a per-token bias; the state is embedding_dim wide.",
+    )
     word_dropout: float = Field(
         0.0,
         ge=0,

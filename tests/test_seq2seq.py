@@ -33,6 +33,14 @@ CONFIGS = {
         "bidirectional": True,
         "num_layers": 2,
     },
+    "gru-luong-lexical-tied-word-dropout": {
+        "cell": "gru",
+        "attention": "luong",
+        "lexical_attention": True,
+        "tie_embeddings": True,
+        "word_dropout": 0.2,
+    },
+    "lstm-none-tied": {"cell": "lstm", "attention": "none", "tie_embeddings": True},
 }
 
 

@@ -112,6 +112,31 @@ def test_lexical_attention_memory_holds_source_embeddings(tmp_path: Path) -> Non
     assert trmodel.seq2seq_from_model(loaded).layers.memory_width() == 10
 
 
+@pytest.mark.parametrize("attention", ["luong", "none"])
+def test_tied_logits_score_against_the_target_embedding(tmp_path: Path, attention: str) -> None:
+    """Tied logits = state . E^T + bias; the step model and a reloaded model agree with it."""
+    cfg = TranslationTrain(units=6, embedding_dim=4, tie_embeddings=True, attention=attention)
+    seq2seq = trmodel.build_seq2seq(cfg, 20, 30)
+    inputs = {"source": np.asarray([[3, 4, 5]], np.int32), "target_in": np.asarray([[2, 7]])}
+    logits = np.asarray(seq2seq.model(inputs))
+    assert logits.shape == (1, 2, 30)
+    assert not any(
+        isinstance(layer, keras.layers.Dense) and layer.name == "logits"
+        for layer in seq2seq.model.layers
+    )
+    table = np.asarray(seq2seq.layers.target_embedding.embeddings)
+    before = seq2seq.model.get_layer(
+        "attention_output" if attention == "luong" else "output_projection"
+    ).output
+    state = np.asarray(keras.Model(seq2seq.model.inputs, before)(inputs))
+    np.testing.assert_allclose(logits, state @ table.T, rtol=1e-4, atol=1e-5)  # bias starts at 0
+    seq2seq.model.save(tmp_path / "model.keras")
+    loaded = trmodel.seq2seq_from_model(
+        keras.models.load_model(tmp_path / "model.keras", compile=False)
+    )
+    np.testing.assert_allclose(np.asarray(loaded.model(inputs)), logits, rtol=1e-5, atol=1e-6)
+
+
 def test_token_accuracy_ignores_padding() -> None:
     """4 real tokens, 2 right: 2/4 whatever is predicted at the pads."""
     targets = np.asarray([[4, 5, 3], [6, 0, 0]], dtype=np.int32)

@@ -7,6 +7,7 @@ stay stable across runs and cells.
 from __future__ import annotations
 
 import keras
+from keras import ops
 
 from pipeline.params import RecurrentParams
 
@@ -53,3 +54,29 @@ def recurrent_stack(
 def token_embedding(vocab_size: int, dim: int, name: str = "embedding") -> keras.layers.Embedding:
     """Embedding with PAD id 0 masked, so pad steps neither update states nor count."""
     return keras.layers.Embedding(vocab_size, dim, mask_zero=True, name=name)
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class TiedEmbedding(keras.layers.ReversibleEmbedding):
+    """Reversible embedding whose reverse (logits) call keeps the hidden states' padding mask."""
+
+    def compute_mask(self, inputs, mask=None):
+        """Forward calls set their own mask in `call`; reverse calls pass the incoming one on."""
+        return mask
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class VocabBias(keras.layers.Layer):
+    """Add a learned bias per vocabulary entry (tied logits have none of their own)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def build(self, input_shape) -> None:
+        """Create one bias per logit."""
+        self.bias = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="bias")
+
+    def call(self, inputs):
+        """Shift every position's logits by the bias."""
+        return ops.add(inputs, self.bias)

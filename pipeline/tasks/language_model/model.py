@@ -10,36 +10,9 @@ is rejected when params are validated (`LanguageModelTrain`).
 from __future__ import annotations
 
 import keras
-from keras import ops
 
-from pipeline.core.recurrent import recurrent_stack, token_embedding
+from pipeline.core.recurrent import TiedEmbedding, VocabBias, recurrent_stack, token_embedding
 from pipeline.params import LanguageModelTrain
-
-
-@keras.saving.register_keras_serializable(package="pipeline")
-class TiedEmbedding(keras.layers.ReversibleEmbedding):
-    """Reversible embedding whose reverse (logits) call keeps the hidden states' padding mask."""
-
-    def compute_mask(self, inputs, mask=None):
-        """Forward calls set their own mask in `call`; reverse calls pass the incoming one on."""
-        return mask
-
-
-@keras.saving.register_keras_serializable(package="pipeline")
-class VocabBias(keras.layers.Layer):
-    """Add a learned bias per vocabulary entry (tied logits have none of their own)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.supports_masking = True
-
-    def build(self, input_shape) -> None:
-        """Create one bias per logit."""
-        self.bias = self.add_weight(shape=(input_shape[-1],), initializer="zeros", name="bias")
-
-    def call(self, inputs):
-        """Shift every position's logits by the bias."""
-        return ops.add(inputs, self.bias)
 
 
 def build_language_model(cfg: LanguageModelTrain, vocab_size: int) -> keras.Model:

@@ -19,6 +19,12 @@ Architecture (Luong et al. 2015: global attention on top of the decoder RNN):
   a plain Keras RNN that the gradient-flow probe can instrument. Source padding is masked.
 - `attention_output` = tanh(W [context; h_t]) (Luong's attentional state), then `logits`.
   Without attention, `logits` reads h_t directly.
+- `lexical_attention`: the memory is [encoder outputs; source embeddings] (`lexical_memory`),
+  so the context also carries the attended source words themselves; its keys are always the
+  `attention_keys` projection.
+- `tie_embeddings`: logits = (attentional state) . E_target^T + bias, with the attentional
+  state (or, without attention, an `output_projection` of h_t) embedding_dim wide.
+- `word_dropout` zeroes whole token embeddings on both sides, in the training graph only.
 
 The step model receives the memory as an input; pad positions must be zero there (the
 decoding code zeroes them) so its `memory_mask` Masking layer recovers the source mask.
@@ -31,7 +37,7 @@ from dataclasses import dataclass
 
 import keras
 
-from pipeline.core.recurrent import recurrent_layer, token_embedding
+from pipeline.core.recurrent import TiedEmbedding, VocabBias, recurrent_layer, token_embedding
 from pipeline.params import TranslationTrain
 
 SOURCE, TARGET_IN, TOKEN = "source", "target_in", "token"
@@ -55,6 +61,7 @@ class Seq2SeqLayers:
     attention_query: keras.layers.Layer | None = None
     attention_keys: keras.layers.Layer | None = None
     attention_output: keras.layers.Layer | None = None
+    output_projection: keras.layers.Layer | None = None
     lexical: bool = False
 
     def state_names(self) -> list[list[str]]:
@@ -117,16 +124,26 @@ def make_layers(cfg: TranslationTrain, src_vocab: int, tgt_vocab: int) -> Seq2Se
         else []
         for i in indices
     ]
+    tied = cfg.tie_embeddings
     return Seq2SeqLayers(
         source_embedding=token_embedding(src_vocab, cfg.embedding_dim, "source_embedding"),
-        target_embedding=token_embedding(tgt_vocab, cfg.embedding_dim, "target_embedding"),
+        target_embedding=(
+            TiedEmbedding(tgt_vocab, cfg.embedding_dim, mask_zero=True, name="target_embedding")
+            if tied
+            else token_embedding(tgt_vocab, cfg.embedding_dim, "target_embedding")
+        ),
         encoders=[recurrent_layer(cfg, f"encoder_{i}", True, return_state=True) for i in indices],
         bridges=bridges,
         decoders=[
             recurrent_layer(decoder_cfg, f"decoder_{i}", True, return_state=True) for i in indices
         ],
-        logits=keras.layers.Dense(tgt_vocab, name=LOGITS),
+        logits=VocabBias(name=LOGITS) if tied else keras.layers.Dense(tgt_vocab, name=LOGITS),
         **attention_layers(cfg),
+        output_projection=(
+            keras.layers.Dense(cfg.embedding_dim, name="output_projection")
+            if tied and cfg.attention == "none"
+            else None
+        ),
         lexical=cfg.lexical_attention and cfg.attention != "none",
     )
 
@@ -136,7 +153,8 @@ def attention_layers(cfg: TranslationTrain) -> dict[str, keras.layers.Layer]:
     if cfg.attention == "none":
         return {}
     dense = keras.layers.Dense
-    layers = {"attention_output": dense(cfg.units, activation="tanh", name="attention_output")}
+    width = cfg.embedding_dim if cfg.tie_embeddings else cfg.units  # tied logits read embeddings
+    layers = {"attention_output": dense(width, activation="tanh", name="attention_output")}
     if cfg.attention == "bahdanau":
         layers["attention"] = keras.layers.AdditiveAttention(name=ATTENTION)
         layers["attention_query"] = dense(cfg.units, use_bias=False, name="attention_query")
@@ -171,6 +189,7 @@ def layers_from_model(model: keras.Model) -> Seq2SeqLayers:
         attention_query=optional("attention_query"),
         attention_keys=optional("attention_keys"),
         attention_output=optional("attention_output"),
+        output_projection=optional("output_projection"),
         lexical=LEXICAL in names,
     )
 
@@ -249,7 +268,16 @@ def decode(
     weights = None
     if layers.attention is not None:
         y, weights = attend(layers, y, memory, keys)
-    return layers.logits(y), finals, weights
+    return output_logits(layers, y), finals, weights
+
+
+def output_logits(layers: Seq2SeqLayers, y: KerasTensor) -> KerasTensor:
+    """Scores over the target vocabulary: a Dense, or tied to the target embedding."""
+    if not isinstance(layers.target_embedding, TiedEmbedding):
+        return layers.logits(y)
+    if layers.output_projection is not None:
+        y = layers.output_projection(y)
+    return layers.logits(layers.target_embedding(y, reverse=True))
 
 
 def token_input(name: str) -> KerasTensor:
