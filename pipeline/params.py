@@ -461,6 +461,14 @@ class TrainParams(RecurrentParams):
         description="Register the trained model as rnn-<task> in the MLflow model registry: "
         "true always, false never, null only on a local store (sqlite or file).",
     )
+    ema_momentum: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the weights (this momentum per "
+        "step) and end training with it (Polyak averaging; epochs' validation metrics use the "
+        "raw weights); none = off.",
+    )
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant",
         description="Learning rate over training: constant, or cosine decay from learning_rate "

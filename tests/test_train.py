@@ -368,3 +368,26 @@ def test_kill_between_the_metrics_flush_and_the_checkpoint_loses_nothing(
     run = only_run(client)
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
     assert_same_training(tmp_path, run, client, clean, only_run(reference_client), reference_client)
+
+
+def test_ema_momentum_ends_training_on_the_moving_average() -> None:
+    """SGD with a constant gradient walks w down by lr a step; training ends on the EMA of w."""
+    import keras
+
+    from pipeline.core.trainer import make_optimizer
+    from pipeline.params import TrainParams
+
+    def train(ema: float | None) -> float:
+        x = keras.Input(shape=(1,))
+        model = keras.Model(x, keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(x))
+        cfg = TrainParams(optimizer="sgd", learning_rate=0.1, ema_momentum=ema)
+        model.compile(optimizer=make_optimizer(cfg), loss=lambda y, p: keras.ops.mean(p))
+        model.fit(np.ones((5, 1)), np.zeros((5, 1)), batch_size=1, epochs=1, verbose=0)
+        return float(model.get_weights()[0][0, 0])
+
+    raw = [1.0 - 0.1 * step for step in range(1, 6)]  # d(mean(w * 1))/dw = 1 each step
+    assert train(None) == pytest.approx(raw[-1])
+    average = raw[0]
+    for value in raw[1:]:
+        average = 0.5 * average + 0.5 * value
+    assert train(0.5) == pytest.approx(average, abs=1e-6)

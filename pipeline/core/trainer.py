@@ -120,7 +120,8 @@ def make_optimizer(cfg: TrainParams) -> keras.optimizers.Optimizer:
         "sgd": keras.optimizers.SGD,
         "rmsprop": keras.optimizers.RMSprop,
     }
-    return kinds[cfg.optimizer](learning_rate=cfg.learning_rate)
+    ema = {"use_ema": True, "ema_momentum": cfg.ema_momentum} if cfg.ema_momentum else {}
+    return kinds[cfg.optimizer](learning_rate=cfg.learning_rate, **ema)
 
 
 def fingerprint(cfg: TrainParams, data_dir: Path) -> str:
