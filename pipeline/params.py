@@ -466,8 +466,8 @@ class TrainParams(RecurrentParams):
         gt=0,
         lt=1,
         description="Keep an exponential moving average of the weights (this momentum per "
-        "step) and end training with it (Polyak averaging; epochs' validation metrics use the "
-        "raw weights); none = off.",
+        "step) and end training with it (Polyak averaging); validation, epoch reports, early "
+        "stopping and checkpoints see the average. none = off.",
     )
     lr_schedule: Literal["constant", "cosine"] = Field(
         "constant",

@@ -374,20 +374,25 @@ def test_ema_momentum_ends_training_on_the_moving_average() -> None:
     """SGD with a constant gradient walks w down by lr a step; training ends on the EMA of w."""
     import keras
 
-    from pipeline.core.trainer import make_optimizer
+    from pipeline.core.trainer import ema_swap, make_optimizer
     from pipeline.params import TrainParams
 
-    def train(ema: float | None) -> float:
+    def train(ema: float | None, epochs: int = 1) -> float:
         x = keras.Input(shape=(1,))
         model = keras.Model(x, keras.layers.Dense(1, use_bias=False, kernel_initializer="ones")(x))
         cfg = TrainParams(optimizer="sgd", learning_rate=0.1, ema_momentum=ema)
         model.compile(optimizer=make_optimizer(cfg), loss=lambda y, p: keras.ops.mean(p))
-        model.fit(np.ones((5, 1)), np.zeros((5, 1)), batch_size=1, epochs=1, verbose=0)
+        # Early stopping restores its best weights after Keras finalizes the average: the
+        # averaged weights must be the ones it kept (loss falls every epoch: best = last).
+        stop = keras.callbacks.EarlyStopping("loss", patience=5, restore_best_weights=True)
+        callbacks = [*ema_swap(cfg), stop]
+        data = np.ones((5, 1)), np.zeros((5, 1))
+        model.fit(*data, batch_size=1, epochs=epochs, verbose=0, callbacks=callbacks)
         return float(model.get_weights()[0][0, 0])
 
-    raw = [1.0 - 0.1 * step for step in range(1, 6)]  # d(mean(w * 1))/dw = 1 each step
-    assert train(None) == pytest.approx(raw[-1])
+    raw = [1.0 - 0.1 * step for step in range(1, 11)]  # d(mean(w * 1))/dw = 1 each step
+    assert train(None, epochs=2) == pytest.approx(raw[-1], abs=1e-6)
     average = raw[0]
     for value in raw[1:]:
         average = 0.5 * average + 0.5 * value
-    assert train(0.5) == pytest.approx(average, abs=1e-6)
+    assert train(0.5, epochs=2) == pytest.approx(average, abs=1e-6)

@@ -254,7 +254,7 @@ def callbacks_for(
     record, work = checkpoint.load_record(), checkpoint.work
     metrics, guard = MlflowMetrics(run, cfg.log_every_n_steps, logged, record), NanGuard()
     flow = GradientFlowLogger(probe, run, work / "grad_flow", logged, record)
-    stack: list[keras.callbacks.Callback] = [guard, metrics, flow]
+    stack: list[keras.callbacks.Callback] = [*ema_swap(cfg), guard, metrics, flow]
     if setup.reporters:
         stack.append(EpochReports(setup.reporters, run, work / "reports", setup.model))
     progress = Progress(cfg.log_every_n_steps, cfg.batch_size, cfg.epochs)
@@ -268,6 +268,18 @@ def callbacks_for(
     stack.append(EpochCommit(run, record, checkpoint.record, progress))
     stack.append(checkpoint.bind(run.run_id))
     return stack, record, guard
+
+
+def ema_swap(cfg: TrainParams) -> list[keras.callbacks.Callback]:
+    """With weight averaging, validation and every epoch-end callback (reports, the probe,
+    early stopping's best weights, checkpoints) see the averaged weights; training the raw ones.
+
+    Keras restores early stopping's best weights after it finalizes the average, so without
+    this the average would be thrown away.
+    """
+    if not cfg.ema_momentum:
+        return []
+    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
 
 
 def fit(
