@@ -29,20 +29,26 @@ from translation_beam import score
 DECODES = ((1, 0.0), (4, 1.0), (4, 2.0))  # (beam size, GNMT length-penalty alpha)
 
 
-def decode_split(model: Path, data: Path, raw: Path, split: str, max_len: int) -> dict:
-    """Scores of each decoding setting on one split, and the dictionary baseline's."""
+def decode_split(model: Path, data: Path, raw: Path, split: str, lengths: tuple[int, int]) -> dict:
+    """Scores of each decoding setting on one split, and the dictionary baseline's.
+
+    `lengths`: the training `max_len` (source tokens kept) and evaluate's `decode_max_len`.
+    """
     from pipeline.core.corpus import read_jsonl
     from pipeline.tasks.translation.data import load_pairs
     from pipeline.tasks.translation.evaluate import baseline_scores
     from pipeline.tasks.translation.translate import load_translator
 
     translator = load_translator(model)
+    max_len, decode_max_len = lengths
     sources, _ = load_pairs(data, split, max_len)
     rows = read_jsonl(raw / f"{split}.jsonl")
     references = [row["tgt"] for row in rows]
     result: dict = {"sentences": len(rows), "settings": []}
     for beam, alpha in DECODES:
-        hypotheses = translator.detokenize(translator.decode_ids(sources, beam, 40, alpha))
+        hypotheses = translator.detokenize(
+            translator.decode_ids(sources, beam, decode_max_len, alpha)
+        )
         scores = score(hypotheses, references)
         result["settings"].append({"beam_size": beam, "length_penalty": alpha} | scores)
         print(
@@ -93,9 +99,12 @@ def main(
             "load_average": (load + os.getloadavg()[0]) / 2,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         }
-        max_len = params["train"]["translation"]["max_len"]
+        lengths = (
+            params["train"]["translation"]["max_len"],
+            params["evaluate"]["translation"]["decode_max_len"],
+        )
         for split in ("val", "test") if test else ("val",):
-            result[split] = decode_split(work / "model", data, raw, split, max_len)
+            result[split] = decode_split(work / "model", data, raw, split, lengths)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
