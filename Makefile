@@ -38,10 +38,10 @@ lint: setup
 # Tests run in one worker process per core (pytest-xdist): on 2 cores the fast suite took 124 s
 # instead of 182 s, because much of a test's time is process start-up and I/O, not compute.
 test: lint setup-team  ## Lint, then run every test (slow ones included; what CI runs).
-	pytest -n auto
+	pytest -n auto --dist loadscope
 
 test-fast: lint setup-team  ## The quick loop: tests that train, download or start no service (< 2 min).
-	pytest -n auto -m "not slow"
+	pytest -n auto --dist loadscope -m "not slow"
 
 # SimpleRNN vs LSTM vs GRU (and a bidirectional GRU, except for the causal language model) on
 # one task, each as a DVC experiment in a temporary copy (params.yaml is left alone), then the

@@ -34,6 +34,72 @@ def pytest_configure(config: pytest.Config) -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
+# The longest tests of `make test` (seconds each, measured in the suite on 2 busy cores). They
+# start first, longest first, so that no long test begins while the other worker has nothing
+# left to do; the hundreds of quick tests fill in at the end. A stale entry only costs balance.
+LONGEST = {
+    "tests/test_pipeline.py::test_evaluate_params_rerun_evaluation_only_and_train_params_both": 98,
+    "tests/test_distribute.py::test_killed_multi_worker_training_resumes_on_every_worker": 80,
+    "tests/test_forecasting_pipeline.py::test_repro_forecasting_end_to_end_then_forecast_and": 61,
+    "tests/test_pipeline.py::test_repro_download_and_tokenize_all_tasks": 58,
+    "tests/test_experiments.py::test_concurrent_queued_grid_gives_one_complete_tagged_run": 51,
+    "tests/test_train.py::test_killed_training_resumes_at_the_next_epoch": 50,
+    "tests/test_tracking_load.py::test_two_trainings_survive_a_server_kill_with_nothing_lost": 48,
+    "tests/test_server.py::test_a_server_that_stays_down_fails_training_within_the_bound": 45,
+    "tests/test_speech_pipeline.py::test_repro_speech_end_to_end_then_recognize": 45,
+    "tests/test_distribute.py::test_two_workers_match_one_worker_on_the_same_global_batch": 42,
+    "tests/test_distribute.py::test_killed_worker_stops_the_launcher_within_the_timeout": 39,
+    "tests/test_pipeline.py::test_dvc_checkout_restores_every_output_after_a_failed_stage": 31,
+}
+# Modules whose tests share a module-scoped fixture, costly to set up, with their longest test:
+# all their tests go to one worker (one setup per parameter, not one per worker).
+LONGEST_MODULES = {
+    "tests/test_server.py": 40 + 38 + 10,  # the tiny pipeline on a sqlite and a postgres server
+    "tests/test_language_model.py": 44,
+}
+
+
+def unit_of(nodeid: str) -> str:
+    """What one worker runs together: a LONGEST test alone, otherwise its whole module."""
+    if any(nodeid.startswith(name) for name in LONGEST):
+        return nodeid
+    return nodeid.split("::")[0]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Order the units of work (`unit_of`) longest first: LONGEST, then modules with slow
+    tests, then the rest; within a unit, and among equals, the collection order stays."""
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        units.setdefault(unit_of(item.nodeid), []).append(item)
+
+    def cost(unit: list[pytest.Item]) -> float:
+        nodeid = unit[0].nodeid
+        known = next((s for name, s in LONGEST.items() if nodeid.startswith(name)), 0)
+        known = known or LONGEST_MODULES.get(unit_of(nodeid), 0)
+        return known or sum(1.0 for item in unit if item.get_closest_marker("slow"))
+
+    ordered = sorted(units.values(), key=cost, reverse=True)  # stable: equals keep their order
+    items[:] = [item for unit in ordered for item in unit]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadscope` (the Makefile's) hands out `unit_of` units in collection order, so
+    module-scoped fixtures are set up once and the longest tests go out first."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LongestFirst(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid)
+
+    config.option.loadscopereorder = False  # keep the order above, not "most tests first"
+    return LongestFirst(config, log)
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point MLflow at a fresh sqlite store (and artifact dir) under tmp_path."""
