@@ -555,12 +555,24 @@ class TranslationTrain(TrainParams):
         description="Probability mass spread uniformly over the target vocabulary in the loss "
         "(Szegedy et al.); the gradient-flow probe and test metrics use plain cross-entropy.",
     )
+    lexicon_bias: bool = Field(
+        False,
+        description="Add log(sum_s a_ts p(y | x_s) + 0.001) to the decoder's logits, p an IBM "
+        "Model 1 subword table estimated from the training pairs and a the attention weights "
+        "(Arthur et al. 2016); needs attention. Stored in the model: src x tgt vocab floats.",
+    )
     report_examples: int = Field(
         10, ge=0, description="Validation sentences greedy-decoded into each epoch's report."
     )
     report_attention_maps: int = Field(
         1, ge=0, description="Of those, sentences drawn as attention heatmaps each epoch."
     )
+
+    @model_validator(mode="after")
+    def _lexicon_needs_attention(self) -> TranslationTrain:
+        if self.lexicon_bias and self.attention == "none":
+            raise ValueError("lexicon_bias needs attention (luong or bahdanau), not none")
+        return self
 
 
 class SpeechTrain(TrainParams):

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.params import TranslationTrain
 from pipeline.tasks.translation.decoding import KerasStepModel
-from pipeline.tasks.translation.model import build_seq2seq, seq2seq_from_model
+from pipeline.tasks.translation.model import Seq2Seq, build_seq2seq, seq2seq_from_model
 
 SRC_VOCAB, TGT_VOCAB = 30, 25
 CONFIGS = {
@@ -41,12 +41,28 @@ CONFIGS = {
         "word_dropout": 0.2,
     },
     "lstm-none-tied": {"cell": "lstm", "attention": "none", "tie_embeddings": True},
+    "gru-bahdanau-lexicon-bias": {"cell": "gru", "attention": "bahdanau", "lexicon_bias": True},
+    "lstm-bidirectional-luong-lexicon-bias": {
+        "cell": "lstm",
+        "attention": "luong",
+        "bidirectional": True,
+        "lexicon_bias": True,
+    },
 }
 
 
 def tiny_cfg(**overrides) -> TranslationTrain:
     """Small widths so every test builds in well under a second."""
     return TranslationTrain(**({"units": 8, "embedding_dim": 6, "dropout": 0.1} | overrides))
+
+
+def build(name: str) -> Seq2Seq:
+    """A CONFIGS model; a lexicon table gets random rows, so its bias differs per token."""
+    seq2seq = build_seq2seq(tiny_cfg(**CONFIGS[name]), SRC_VOCAB, TGT_VOCAB)
+    if seq2seq.layers.lexicon_table is not None:
+        rng = np.random.default_rng(1)
+        seq2seq.layers.lexicon_table.set_table(rng.dirichlet(np.ones(TGT_VOCAB), SRC_VOCAB))
+    return seq2seq
 
 
 def batch() -> dict[str, np.ndarray]:
@@ -72,7 +88,7 @@ def step_through(model: KerasStepModel, inputs: dict[str, np.ndarray]) -> np.nda
 @pytest.mark.parametrize("name", CONFIGS)
 def test_training_model_shapes_and_names(name: str) -> None:
     """Logits are (B, T, tgt_vocab); layers carry the stable names the rebuild looks up."""
-    seq2seq = build_seq2seq(tiny_cfg(**CONFIGS[name]), SRC_VOCAB, TGT_VOCAB)
+    seq2seq = build(name)
     logits = seq2seq.model(batch())
     assert tuple(logits.shape) == (3, 5, TGT_VOCAB)
     names = {layer.name for layer in seq2seq.model.layers}
@@ -107,7 +123,7 @@ def test_encoder_hands_over_every_state(cell: str, states: set[str]) -> None:
 @pytest.mark.parametrize("name", CONFIGS)
 def test_step_decoder_reproduces_teacher_forcing(name: str) -> None:
     """Encoder + one-step decoder compute exactly what the training graph computes."""
-    seq2seq = build_seq2seq(tiny_cfg(**CONFIGS[name]), SRC_VOCAB, TGT_VOCAB)
+    seq2seq = build(name)
     inputs = batch()
     expected = keras.ops.log_softmax(seq2seq.model(inputs), axis=-1).numpy()
     stepped = step_through(KerasStepModel(seq2seq), inputs)
@@ -118,7 +134,7 @@ def test_step_decoder_reproduces_teacher_forcing(name: str) -> None:
 @pytest.mark.parametrize("name", CONFIGS)
 def test_padding_is_masked(name: str) -> None:
     """Extra source and target padding changes no real position's logits."""
-    seq2seq = build_seq2seq(tiny_cfg(**CONFIGS[name]), SRC_VOCAB, TGT_VOCAB)
+    seq2seq = build(name)
     inputs = batch()
     padded = {key: np.pad(value, ((0, 0), (0, 4))) for key, value in inputs.items()}
     before = seq2seq.model(inputs).numpy()
@@ -143,10 +159,12 @@ def test_inference_models_share_weights() -> None:
     assert not np.allclose(seq2seq.model(inputs).numpy(), before)
 
 
-@pytest.mark.parametrize("name", ["lstm-bidirectional-luong-2-layers", "lstm-bahdanau"])
+@pytest.mark.parametrize(
+    "name", ["lstm-bidirectional-luong-2-layers", "lstm-bahdanau", "gru-bahdanau-lexicon-bias"]
+)
 def test_rebuild_after_save_and_load(tmp_path: Path, name: str) -> None:
     """Inference models rebuilt by layer name around a loaded model match the originals."""
-    seq2seq = build_seq2seq(tiny_cfg(**CONFIGS[name]), SRC_VOCAB, TGT_VOCAB)
+    seq2seq = build(name)
     seq2seq.model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
     rebuilt = seq2seq_from_model(loaded)

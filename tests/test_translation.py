@@ -25,6 +25,7 @@ from pipeline.tasks.translation import evaluate as treval
 from pipeline.tasks.translation import model as trmodel
 from pipeline.tasks.translation import train as trtrain
 from pipeline.tasks.translation.lexicon import learn_lexicon, translate_words
+from pipeline.tasks.translation.lexicon_bias import LexiconBias, ibm1_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,6 +170,47 @@ def test_lexicon_learns_word_translations() -> None:
     lexicon = learn_lexicon(pairs)
     assert lexicon["müde"] == "tired" and lexicon["du"] == "you" and lexicon["bist"] == "are"
     assert translate_words(lexicon, "Du bist alt, Bob!") == "You are old, Bob!"
+
+
+def test_ibm1_table_aligns_words_from_sentence_pairs() -> None:
+    """Koehn's das/Haus example: EM separates 'das' -> 'the' from 'Haus' -> 'house'.
+
+    Source ids: das 3, Haus 4, Buch 5, ein 6; target ids: the 3, house 4, book 5, a 6.
+    """
+    source = [np.asarray(s) for s in ([3, 4], [3, 5], [6, 5])]
+    target = [np.asarray(t) for t in ([3, 4], [3, 5], [6, 5])]
+    table = ibm1_table(source, target, 8, 8, iterations=10)
+    assert table.shape == (8, 8)
+    np.testing.assert_allclose(table.sum(axis=1), 1.0, rtol=1e-5)
+    assert [int(table[s].argmax()) for s in (3, 4, 5, 6)] == [3, 4, 5, 6]
+    assert table[4, 4] > 0.5 and table[5, 5] > 0.5  # 'Haus' is not also 'the'
+    np.testing.assert_allclose(table[7], 1 / 8)  # never seen: uniform
+
+
+def test_lexicon_bias_adds_the_attended_log_translation_probability(tmp_path: Path) -> None:
+    """logits + log(sum_s a_ts p(y | x_s) + eps), by hand; the table survives save/load."""
+    rows = np.asarray([[[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]], np.float32)  # (B=1, S=2, V=3)
+    weights = np.asarray([[[1.0, 0.0], [0.25, 0.75]]], np.float32)  # (B, T=2, S)
+    logits = np.zeros((1, 2, 3), np.float32)
+    biased = np.asarray(LexiconBias()([logits, weights, rows]))
+    expected = np.log(np.asarray([[[0.5, 0.5, 0.0], [0.125, 0.125, 0.75]]]) + 1e-3)
+    np.testing.assert_allclose(biased, expected, rtol=1e-5)
+    cfg = TranslationTrain(units=6, embedding_dim=4, attention="luong", lexicon_bias=True)
+    seq2seq = trmodel.build_seq2seq(cfg, 20, 30)
+    table = np.random.default_rng(0).dirichlet(np.ones(30), 20)
+    seq2seq.layers.lexicon_table.set_table(table)
+    seq2seq.model.save(tmp_path / "model.keras")
+    loaded = trmodel.seq2seq_from_model(
+        keras.models.load_model(tmp_path / "model.keras", compile=False)
+    )
+    np.testing.assert_allclose(np.asarray(loaded.layers.lexicon_table.table), table, rtol=1e-6)
+    assert not loaded.layers.lexicon_table.trainable_weights
+
+
+def test_lexicon_bias_needs_attention() -> None:
+    """Without attention there are no weights to mix the table rows with: a params error."""
+    with pytest.raises(ValueError, match="lexicon_bias needs attention"):
+        TranslationTrain(attention="none", lexicon_bias=True)
 
 
 # --------------------------------------------------------------------------- real data (slow)

@@ -24,7 +24,16 @@ import tensorflow as tf
 
 from pipeline.core.datasets import pad_batch
 from pipeline.core.tokens import BOS_ID, EOS_ID, PAD_ID
-from pipeline.tasks.translation.model import ATTENTION, KEYS, LOGITS, MEMORY, SOURCE, TOKEN, Seq2Seq
+from pipeline.tasks.translation.model import (
+    ATTENTION,
+    KEYS,
+    LEXICON,
+    LOGITS,
+    MEMORY,
+    SOURCE,
+    TOKEN,
+    Seq2Seq,
+)
 
 Arrays = dict[str, np.ndarray]
 NEVER_GENERATED = (PAD_ID, BOS_ID)
@@ -80,7 +89,7 @@ class KerasStepModel:
         out = {key: value.numpy() for key, value in self._encode({SOURCE: ids}).items()}
         if MEMORY in out:
             out[MEMORY] = out[MEMORY] * (ids != PAD_ID)[..., None]
-        context = {key: out[key] for key in (MEMORY, KEYS) if key in out}
+        context = {key: out[key] for key in (MEMORY, KEYS, LEXICON) if key in out}
         return context, {name: out[name] for name in self._state_names}
 
     def step(

@@ -25,6 +25,9 @@ Architecture (Luong et al. 2015: global attention on top of the decoder RNN):
 - `tie_embeddings`: logits = (attentional state) . E_target^T + bias, with the attentional
   state (or, without attention, an `output_projection` of h_t) embedding_dim wide.
 - `word_dropout` zeroes whole token embeddings on both sides, in the training graph only.
+- `lexicon_bias` (with attention): `lexicon_table` turns the source ids into rows of a fixed
+  IBM Model 1 table p(y | x_s) (the encoder's `lexicon` output), and `lexicon_bias` adds
+  log(sum_s a_ts p(y | x_s) + eps) to the logits (Arthur et al. 2016; see `lexicon_bias.py`).
 
 The step model receives the memory as an input; pad positions must be zero there (the
 decoding code zeroes them) so its `memory_mask` Masking layer recovers the source mask.
@@ -39,10 +42,11 @@ import keras
 
 from pipeline.core.recurrent import TiedEmbedding, VocabBias, recurrent_layer, token_embedding
 from pipeline.params import TranslationTrain
+from pipeline.tasks.translation.lexicon_bias import LexiconBias, LexiconTable
 
 SOURCE, TARGET_IN, TOKEN = "source", "target_in", "token"
 MEMORY, KEYS, LOGITS, ATTENTION = "memory", "keys", "logits", "attention"
-LEXICAL = "lexical_memory"
+LEXICAL, LEXICON = "lexical_memory", "lexicon"
 STATE_KINDS = ("h", "c")
 KerasTensor = keras.KerasTensor
 
@@ -62,6 +66,8 @@ class Seq2SeqLayers:
     attention_keys: keras.layers.Layer | None = None
     attention_output: keras.layers.Layer | None = None
     output_projection: keras.layers.Layer | None = None
+    lexicon_table: LexiconTable | None = None
+    lexicon_bias: LexiconBias | None = None
     lexical: bool = False
 
     def state_names(self) -> list[list[str]]:
@@ -145,7 +151,18 @@ def make_layers(cfg: TranslationTrain, src_vocab: int, tgt_vocab: int) -> Seq2Se
             else None
         ),
         lexical=cfg.lexical_attention and cfg.attention != "none",
+        **lexicon_layers(cfg, src_vocab, tgt_vocab),
     )
+
+
+def lexicon_layers(cfg: TranslationTrain, src_vocab: int, tgt_vocab: int) -> dict:
+    """The translation-table lookup and the logit bias, when `lexicon_bias` is on."""
+    if not cfg.lexicon_bias or cfg.attention == "none":
+        return {}
+    return {
+        "lexicon_table": LexiconTable(src_vocab, tgt_vocab, name="lexicon_table"),
+        "lexicon_bias": LexiconBias(name="lexicon_bias"),
+    }
 
 
 def attention_layers(cfg: TranslationTrain) -> dict[str, keras.layers.Layer]:
@@ -190,6 +207,8 @@ def layers_from_model(model: keras.Model) -> Seq2SeqLayers:
         attention_keys=optional("attention_keys"),
         attention_output=optional("attention_output"),
         output_projection=optional("output_projection"),
+        lexicon_table=optional("lexicon_table"),
+        lexicon_bias=optional("lexicon_bias"),
         lexical=LEXICAL in names,
     )
 
@@ -221,10 +240,19 @@ def bridge(states: list[KerasTensor], dense: list[keras.layers.Layer]) -> list[K
     ]
 
 
+@dataclass
+class Encoded:
+    """What the decoder reads from the encoder besides its initial states."""
+
+    memory: KerasTensor | None
+    keys: KerasTensor | None
+    lexicon: KerasTensor | None = None  # (B, S, tgt_vocab) table rows of the source ids
+
+
 def encode(
     layers: Seq2SeqLayers, source: KerasTensor, rate: float = 0.0, word_rate: float = 0.0
-) -> tuple[KerasTensor, KerasTensor, list[list[KerasTensor]]]:
-    """Source ids -> (memory, attention keys, decoder initial states per layer)."""
+) -> tuple[Encoded, list[list[KerasTensor]]]:
+    """Source ids -> (memory, keys and lexicon rows; decoder initial states per layer)."""
     x = embedded = word_dropout(layers.source_embedding(source), word_rate, "source_word_dropout")
     states = []
     for index, (encoder, dense) in enumerate(zip(layers.encoders, layers.bridges, strict=True)):
@@ -234,7 +262,8 @@ def encode(
     if layers.lexical:
         x = keras.layers.Concatenate(name=LEXICAL)([x, embedded])
     keys = layers.attention_keys(x) if layers.attention_keys is not None else x
-    return x, keys, states
+    rows = layers.lexicon_table(source) if layers.lexicon_table is not None else None
+    return Encoded(x, keys, rows), states
 
 
 def attend(
@@ -252,8 +281,7 @@ def attend(
 def decode(
     layers: Seq2SeqLayers,
     tokens: KerasTensor,
-    memory: KerasTensor | None,
-    keys: KerasTensor | None,
+    encoded: Encoded,
     states: list[list[KerasTensor]],
     rate: float = 0.0,
     word_rate: float = 0.0,
@@ -267,8 +295,11 @@ def decode(
         y = dropout(y, rate, f"decoder_dropout_{index + 1}")
     weights = None
     if layers.attention is not None:
-        y, weights = attend(layers, y, memory, keys)
-    return output_logits(layers, y), finals, weights
+        y, weights = attend(layers, y, encoded.memory, encoded.keys)
+    logits = output_logits(layers, y)
+    if layers.lexicon_bias is not None:
+        logits = layers.lexicon_bias([logits, weights, encoded.lexicon])
+    return logits, finals, weights
 
 
 def output_logits(layers: Seq2SeqLayers, y: KerasTensor) -> KerasTensor:
@@ -288,24 +319,26 @@ def token_input(name: str) -> KerasTensor:
 def training_model(layers: Seq2SeqLayers, rate: float, word_rate: float = 0.0) -> keras.Model:
     """Teacher forcing: (source, BOS + target) -> logits (B, T, tgt_vocab)."""
     source, target_in = token_input(SOURCE), token_input(TARGET_IN)
-    memory, keys, states = encode(layers, source, rate, word_rate)
-    logits, _, _ = decode(layers, target_in, memory, keys, states, rate, word_rate)
+    encoded, states = encode(layers, source, rate, word_rate)
+    logits, _, _ = decode(layers, target_in, encoded, states, rate, word_rate)
     return keras.Model({SOURCE: source, TARGET_IN: target_in}, logits, name="seq2seq")
 
 
 def encoder_model(layers: Seq2SeqLayers) -> keras.Model:
     """Source ids -> memory, keys (with attention) and `state_<layer>_<h|c>` outputs."""
     source = token_input(SOURCE)
-    memory, keys, states = encode(layers, source)
+    encoded, states = encode(layers, source)
     outputs = {
         name: state
         for names, values in zip(layers.state_names(), states, strict=True)
         for name, state in zip(names, values, strict=True)
     }
     if layers.attention is not None:
-        outputs[MEMORY] = memory
+        outputs[MEMORY] = encoded.memory
         if layers.attention_keys is not None:
-            outputs[KEYS] = keys
+            outputs[KEYS] = encoded.keys
+    if encoded.lexicon is not None:
+        outputs[LEXICON] = encoded.lexicon
     return keras.Model({SOURCE: source}, outputs, name="seq2seq_encoder")
 
 
@@ -315,15 +348,19 @@ def step_model(layers: Seq2SeqLayers) -> keras.Model:
     units = [int(layer.units) for layer in layers.decoders]
     for width, names in zip(units, layers.state_names(), strict=True):
         inputs |= {name: keras.Input(shape=(width,), name=name) for name in names}
-    memory = keys = None
+    memory = keys = lexicon = None
     if layers.attention is not None:
         inputs[MEMORY] = keras.Input(shape=(None, layers.memory_width()), name=MEMORY)
         memory = keys = keras.layers.Masking(0.0, name="memory_mask")(inputs[MEMORY])
         if layers.attention_keys is not None:
             width = int(layers.attention_keys.units)
             keys = inputs[KEYS] = keras.Input(shape=(None, width), name=KEYS)
+    if layers.lexicon_table is not None:
+        width = layers.lexicon_table.tgt_vocab
+        lexicon = inputs[LEXICON] = keras.Input(shape=(None, width), name=LEXICON)
     states = [[inputs[name] for name in names] for names in layers.state_names()]
-    logits, finals, weights = decode(layers, inputs[TOKEN], memory, keys, states)
+    encoded = Encoded(memory, keys, lexicon)
+    logits, finals, weights = decode(layers, inputs[TOKEN], encoded, states)
     outputs = {LOGITS: logits}
     for names, values in zip(layers.state_names(), finals, strict=True):
         outputs |= dict(zip(names, values, strict=True))

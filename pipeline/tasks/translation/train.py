@@ -18,8 +18,10 @@ from pipeline.tasks.translation.data import (
     load_pairs,
     make_dataset,
     probe_batch,
+    teacher_forcing,
     vocab_sizes,
 )
+from pipeline.tasks.translation.lexicon_bias import ibm1_table
 from pipeline.tasks.translation.model import build_seq2seq
 from pipeline.tasks.translation.reports import ExampleReporter
 from pipeline.tasks.translation.translate import Translator
@@ -87,6 +89,11 @@ def setup(cfg: TranslationTrain, data_dir: Path) -> TrainingSetup:
     val_src, val_tgt = load_pairs(data_dir, "val", cfg.max_len)
     probe_x, probe_y = probe_batch(val_src, val_tgt, cfg.probe_batch_size)
     seq2seq = build_seq2seq(cfg, *vocab_sizes(data_dir))
+    if seq2seq.layers.lexicon_table is not None:
+        _, target_out = teacher_forcing(train_tgt)
+        seq2seq.layers.lexicon_table.set_table(
+            ibm1_table(train_src, target_out, *vocab_sizes(data_dir))
+        )
     assets = {name: data_dir / name for name in (SOURCE_TOKENIZER, TARGET_TOKENIZER)}
     translator = Translator.from_parts(seq2seq, *assets.values())
     reporters = [example_reporter(cfg, translator, data_dir)]
