@@ -150,6 +150,17 @@ TINY_TRANSLATION = {
     "train.translation.precision": "mixed_bfloat16",
     "evaluate.translation.beam_size": 2,
     "evaluate.translation.decode_max_len": 10,
+    # The cheapest model and reports, whatever the defaults: what reruns is the point here.
+    "train.translation.attention": "luong",
+    "train.translation.lexical_attention": False,
+    "train.translation.tie_embeddings": False,
+    "train.translation.ema_momentum": None,
+    "train.translation.word_dropout": 0.0,
+    "train.translation.label_smoothing": 0.0,
+    "train.translation.early_stopping_patience": None,
+    "train.translation.report_attention_maps": 0,
+    "evaluate.translation.examples": 5,
+    "evaluate.translation.attention_maps": 1,
 }
 
 
