@@ -204,11 +204,11 @@ def test_killed_multi_worker_training_resumes_on_every_worker(
     tiny_data, write_params, mlflow_uri, tmp_path
 ):
     _, tok = tiny_data("classification")
-    params = write_params(TINY_TRAIN | MULTI | {"train.classification.epochs": 5})
+    params = write_params(TINY_TRAIN | MULTI | {"train.classification.epochs": 3})
     args = [*train_args(tok, params, tmp_path), "--workers", "2", "--worker-timeout", "20"]
     launcher = cli(args)
     for line in launcher.stdout:
-        if "epoch 2/5" in line:
+        if "epoch 2/3" in line:
             break
     for worker in psutil.Process(launcher.pid).children():
         worker.kill()
@@ -224,4 +224,4 @@ def test_killed_multi_worker_training_resumes_on_every_worker(
     (run,) = client.search_runs([client.get_experiment_by_name("classification").experiment_id])
     assert run.info.status == "FINISHED"
     epochs = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-    assert sorted(epochs) == [1, 2, 3, 4, 5]  # epochs 1-2 before the kill, 3-5 after, once each
+    assert sorted(epochs) == [1, 2, 3]  # epochs 1-2 before the kill, 3 after, once each
