@@ -153,6 +153,7 @@ TINY_TRANSLATION = {
     # The cheapest model and reports, whatever the defaults: what reruns is the point here.
     "train.translation.attention": "luong",
     "train.translation.lexical_attention": False,
+    "train.translation.lexicon_bias": False,
     "train.translation.tie_embeddings": False,
     "train.translation.ema_momentum": None,
     "train.translation.word_dropout": 0.0,
