@@ -41,7 +41,7 @@ test: lint setup-team  ## Lint, then run every test (slow ones included; what CI
 	pytest -n auto --dist loadscope
 
 test-fast: lint setup-team  ## The quick loop: tests that train, download or start no service (< 2 min).
-	pytest -n auto --dist loadscope -m "not slow"
+	pytest -n auto -m "not slow"
 
 # SimpleRNN vs LSTM vs GRU (and a bidirectional GRU, except for the causal language model) on
 # one task, each as a DVC experiment in a temporary copy (params.yaml is left alone), then the
