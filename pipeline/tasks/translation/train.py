@@ -88,12 +88,11 @@ def setup(cfg: TranslationTrain, data_dir: Path) -> TrainingSetup:
     train_src, train_tgt = load_pairs(data_dir, "train", cfg.max_len)
     val_src, val_tgt = load_pairs(data_dir, "val", cfg.max_len)
     probe_x, probe_y = probe_batch(val_src, val_tgt, cfg.probe_batch_size)
-    seq2seq = build_seq2seq(cfg, *vocab_sizes(data_dir))
+    sizes = vocab_sizes(data_dir)
+    seq2seq = build_seq2seq(cfg, *sizes)
     if seq2seq.layers.lexicon_table is not None:
         _, target_out = teacher_forcing(train_tgt)
-        seq2seq.layers.lexicon_table.set_table(
-            ibm1_table(train_src, target_out, *vocab_sizes(data_dir))
-        )
+        seq2seq.layers.lexicon_table.set_table(ibm1_table(train_src, target_out, *sizes))
     assets = {name: data_dir / name for name in (SOURCE_TOKENIZER, TARGET_TOKENIZER)}
     translator = Translator.from_parts(seq2seq, *assets.values())
     reporters = [example_reporter(cfg, translator, data_dir)]
