@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -10,14 +11,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
+import yaml
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from tests.conftest import set_key
 
 pytestmark = pytest.mark.slow
 
@@ -63,20 +68,48 @@ def only_run(client: MlflowClient, task: str = "classification"):
     return run
 
 
-@pytest.fixture
-def trained(tiny_data, write_params, mlflow_uri, tmp_path, monkeypatch):
-    """Train once on tiny real data through the CLI; returns (run, out_dir, raw, tok)."""
-    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # a tiny run is short
+class Trained(NamedTuple):
+    """One tiny training through the CLI, shared by the tests that only read what it wrote."""
+
+    run: Run
+    out: Path
+    raw: Path
+    tok: Path
+    params: Path
+    uri: str
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, default_params, tmp_path_factory) -> Trained:
+    """Train once per module on tiny real data through the CLI, in a store of its own."""
+    out = tmp_path_factory.mktemp("trained")
+    uri = f"sqlite:///{out / 'mlflow.db'}"
     raw, tok = tiny_data("classification")
-    params = write_params(TINY_TRAIN)
-    result = CliRunner().invoke(app, train_args(tok, params, tmp_path))
+    tree = copy.deepcopy(default_params)
+    for key, value in TINY_TRAIN.items():
+        set_key(tree, key, value)
+    params = out / "params.yaml"
+    params.write_text(yaml.safe_dump(tree, sort_keys=False))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # a tiny run is short
+        patch.chdir(out)
+        result = CliRunner().invoke(app, train_args(tok, params, out))
     assert result.exit_code == 0, result.output
-    return only_run(MlflowClient(mlflow_uri)), tmp_path, raw, tok, params
+    return Trained(only_run(MlflowClient(uri)), out, raw, tok, params, uri)
 
 
-def test_training_logs_curves_and_learns(trained, mlflow_uri) -> None:
-    run, out, *_ = trained
-    client = MlflowClient(mlflow_uri)
+@pytest.fixture
+def in_trained_store(trained: Trained, monkeypatch: pytest.MonkeyPatch) -> Trained:
+    """The shared training, with MLflow (and the working directory) pointed at its store."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", trained.uri)
+    monkeypatch.chdir(trained.out)
+    return trained
+
+
+def test_training_logs_curves_and_learns(trained: Trained) -> None:
+    run, out = trained.run, trained.out
+    client = MlflowClient(trained.uri)
     assert run.info.status == "FINISHED" and run.data.tags["pipeline.stage"] == "train"
     assert run.data.tags["pipeline.precision"] == "float32"  # the classifier's default
     first = client.get_metric_history(run.info.run_id, "train/batch_loss")
@@ -97,9 +130,9 @@ def test_training_logs_curves_and_learns(trained, mlflow_uri) -> None:
     assert run.data.metrics["system/system_memory_usage_megabytes"] > 0
 
 
-def test_gradient_flow_is_logged(trained, mlflow_uri) -> None:
-    run, out, *_ = trained
-    client = MlflowClient(mlflow_uri)
+def test_gradient_flow_is_logged(trained: Trained) -> None:
+    run, out = trained.run, trained.out
+    client = MlflowClient(trained.uri)
     flow = client.get_metric_history(run.info.run_id, "grad_flow/rnn_1")
     assert sorted(m.step for m in flow) == list(range(48))  # one value per timestep
     horizon = run.data.metrics["grad_flow/horizon/rnn_1"]
@@ -118,8 +151,8 @@ def test_gradient_flow_is_logged(trained, mlflow_uri) -> None:
     assert {"model/model.keras", "model/spm.model"} <= model_files
 
 
-def test_evaluate_matches_scikit_learn_on_saved_predictions(trained, mlflow_uri) -> None:
-    run, out, raw, tok, params = trained
+def test_evaluate_matches_scikit_learn_on_saved_predictions(in_trained_store: Trained) -> None:
+    run, out, raw, tok, params, uri = in_trained_store
     result = CliRunner().invoke(
         app,
         [
@@ -150,7 +183,7 @@ def test_evaluate_matches_scikit_learn_on_saved_predictions(trained, mlflow_uri)
     assert metrics["test.f1"] == pytest.approx(f1_score(labels, probs >= 0.5, zero_division=0))
     assert metrics["test.roc_auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-5)
     assert 0.5 < metrics["baseline.accuracy"] <= 1.0  # TF-IDF + LR learns something
-    client = MlflowClient(mlflow_uri)
+    client = MlflowClient(uri)
     logged = client.get_run(run.info.run_id).data.metrics
     assert logged["test/accuracy"] == pytest.approx(metrics["test.accuracy"])
     (evaluation,) = client.search_runs(
@@ -194,9 +227,9 @@ def test_evaluate_matches_scikit_learn_on_saved_predictions(trained, mlflow_uri)
         assert from_mlflow.stdout.strip().splitlines()[-1] == lines[0], uri
 
 
-def test_the_trained_model_is_logged_and_registered(trained, mlflow_uri) -> None:
-    run, *_ = trained
-    client = MlflowClient(mlflow_uri)
+def test_the_trained_model_is_logged_and_registered(trained: Trained) -> None:
+    run = trained.run
+    client = MlflowClient(trained.uri)
     (model,) = client.search_logged_models([run.info.experiment_id])
     assert (model.name, model.source_run_id, model.status) == ("pyfunc", run.info.run_id, "READY")
     assert model.params["units"] == "8"  # the training params travel with the model
