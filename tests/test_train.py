@@ -274,7 +274,7 @@ def test_killed_training_resumes_at_the_next_epoch(
 ) -> None:
     _, tok = tiny_data("classification")
     params = write_params(
-        {**TINY_TRAIN, "train.classification.epochs": 3, "train.classification.batch_size": 4}
+        {**TINY_TRAIN, "train.classification.epochs": 3, "train.classification.batch_size": 8}
     )
     command = [sys.executable, "-m", "pipeline", *train_args(tok, params, tmp_path)]
     meta = tmp_path / "ckpt" / "classification" / "keras" / "training_metadata.json"
