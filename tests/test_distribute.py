@@ -32,6 +32,9 @@ ONE_STEP = {
     "train.classification.learning_rate": 0.5,
 }
 MULTI = {"train.classification.distribute": "multi_worker"}
+# Epochs of 10 of the 30 steps: multi-worker steps are slow on a busy runner (0.3-0.6 s each),
+# and the tests that kill a worker need only epoch boundaries, not whole passes over the data.
+SHORT_EPOCHS = {"train.classification.max_steps_per_epoch": 10}
 
 
 def test_local_cluster_gives_each_worker_its_own_index_and_port():
@@ -147,7 +150,7 @@ def test_killed_worker_stops_the_launcher_within_the_timeout(
     tiny_data, write_params, mlflow_uri, tmp_path
 ):
     _, tok = tiny_data("classification")
-    long_run = TINY_TRAIN | MULTI | {"train.classification.epochs": 500}
+    long_run = TINY_TRAIN | MULTI | SHORT_EPOCHS | {"train.classification.epochs": 500}
     args = train_args(tok, write_params(long_run), tmp_path)
     launcher = cli([*args, "--workers", "2", "--worker-timeout", "15"])
     for line in launcher.stdout:
@@ -204,7 +207,7 @@ def test_killed_multi_worker_training_resumes_on_every_worker(
     tiny_data, write_params, mlflow_uri, tmp_path
 ):
     _, tok = tiny_data("classification")
-    params = write_params(TINY_TRAIN | MULTI | {"train.classification.epochs": 3})
+    params = write_params(TINY_TRAIN | MULTI | SHORT_EPOCHS | {"train.classification.epochs": 3})
     args = [*train_args(tok, params, tmp_path), "--workers", "2", "--worker-timeout", "20"]
     launcher = cli(args)
     for line in launcher.stdout:
