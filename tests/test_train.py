@@ -365,7 +365,9 @@ def test_kill_between_the_metrics_flush_and_the_checkpoint_loses_nothing(
     from pipeline.train import train_task
 
     _, tok = tiny_data("classification")
-    params = write_params({**TINY_TRAIN, "train.classification.epochs": 3})
+    # Epoch boundaries are what matter here: 3 epochs of 10 steps.
+    short = {"train.classification.epochs": 3, "train.classification.max_steps_per_epoch": 10}
+    params = write_params({**TINY_TRAIN, **short})
     cfg = load_params(params).train.section(Task.classification)
     bind = Checkpoint.bind
 
