@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import copy
+import functools
 import os
+import sqlite3
+import tempfile
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +104,38 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     return LongestFirst(config, log)
 
 
+@functools.cache
+def _empty_store() -> bytes:
+    """The bytes of an empty MLflow sqlite store, created once per process."""
+    from mlflow.tracking import MlflowClient
+
+    with tempfile.TemporaryDirectory() as folder:
+        db = Path(folder) / "mlflow.db"
+        MlflowClient(f"sqlite:///{db}").search_experiments()  # creates the schema
+        return db.read_bytes()
+
+
+def new_store(db: Path, cwd: Path) -> str:
+    """Write an empty MLflow sqlite store at `db`, as a process in `cwd` would create it; return
+    its URI.
+
+    A new store runs every schema migration on first use (2-5 s on a busy runner, once per
+    store and test); a copy of one migrated store skips them. What differs between two new
+    stores is the artifact location of the `Default` experiment (`<cwd>/mlruns/0`), set here.
+    """
+    db.write_bytes(_empty_store())
+    with closing(sqlite3.connect(db)) as connection, connection:
+        connection.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (str(cwd / "mlruns" / "0"),),
+        )
+    return f"sqlite:///{db}"
+
+
 @pytest.fixture
 def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point MLflow at a fresh sqlite store (and artifact dir) under tmp_path."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = new_store(tmp_path / "mlflow.db", tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return uri

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.params import load_params
-from tests.conftest import ROOT, set_key
+from tests.conftest import ROOT, new_store, set_key
 
 REVIEWS = ["great film, moving and funny", "a dull, tired plot", "tab\tinside"]
 SENTENCES = ["Er ist leer ausgegangen.", "Das Haus ist alt.", "Ich bin müde."]
@@ -79,7 +79,7 @@ def yaml_defaults() -> dict[str, Any]:
 def trained_through_cli(args: list[str], work: Path) -> None:
     """Run `train ...` in `work` with its own MLflow store."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", new_store(work / "mlflow.db", work))
         patch.chdir(work)
         trained = run_cli(args)
     assert trained.exit_code == 0, trained.output

@@ -33,7 +33,7 @@ from pipeline.compare import (
 )
 from pipeline.core.tracking import PARENT_TAG, stage_run
 from pipeline.evaluate import TRAIN_RUN_TAG
-from tests.conftest import set_key
+from tests.conftest import new_store, set_key
 from tests.test_train import TINY_TRAIN, train_args
 
 TASK = "classification"
@@ -63,7 +63,7 @@ def store(
     """Train the variants once through the CLI; yields (client, {name: run_id}, base dir)."""
     _, tok = tiny_data(TASK)
     base = tmp_path_factory.mktemp("compare")
-    uri = f"sqlite:///{base / 'mlflow.db'}"
+    uri = new_store(base / "mlflow.db", base)
     ids: dict[str, str] = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", uri)

@@ -170,7 +170,9 @@ def test_missing_params_file(tmp_path: Path) -> None:
     assert "cannot read params file" in result.output
 
 
-def test_bad_params_open_no_mlflow_run(write_params, mlflow_uri, tmp_path: Path) -> None:
+def test_bad_params_open_no_mlflow_run(write_params, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")  # not created
+    monkeypatch.chdir(tmp_path)
     path = write_params({"train.classification.cell": "transformer"})
     result = runner.invoke(
         app,

@@ -13,7 +13,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.tracking import INVOCATION_STAGE, PARENT_TAG
-from tests.conftest import ROOT, TINY_DATA, set_key
+from tests.conftest import ROOT, TINY_DATA, new_store, set_key
 
 pytestmark = pytest.mark.slow
 TASKS = ("classification", "language_model", "translation")
@@ -43,7 +43,7 @@ def make_project(tmp_path: Path, overrides: dict[str, object] | None = None):
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": new_store(tmp_path / "mlflow.db", repo),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "GIT_AUTHOR_NAME": "t",
         "GIT_AUTHOR_EMAIL": "t@t",

@@ -22,7 +22,7 @@ from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from tests.conftest import set_key
+from tests.conftest import new_store, set_key
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ class Trained(NamedTuple):
 def trained(tiny_data, default_params, tmp_path_factory) -> Trained:
     """Train once per module on tiny real data through the CLI, in a store of its own."""
     out = tmp_path_factory.mktemp("trained")
-    uri = f"sqlite:///{out / 'mlflow.db'}"
+    uri = new_store(out / "mlflow.db", out)
     raw, tok = tiny_data("classification")
     tree = copy.deepcopy(default_params)
     for key, value in TINY_TRAIN.items():
@@ -305,7 +305,7 @@ def test_killed_training_resumes_at_the_next_epoch(
     # Indistinguishable from an uninterrupted training of the same params and seed.
     clean = tmp_path / "clean"
     clean.mkdir()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{clean / 'mlflow.db'}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": new_store(clean / "mlflow.db", clean)}
     uninterrupted = [sys.executable, "-m", "pipeline", *train_args(tok, params, clean)]
     done = subprocess.run(uninterrupted, cwd=clean, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -398,7 +398,8 @@ def test_kill_between_the_metrics_flush_and_the_checkpoint_loses_nothing(
     assert sorted(m.step for m in epochs) == [1, 2]
     train(tmp_path, mlflow_uri)  # resumes after epoch 1
     clean = tmp_path / "clean"
-    train(clean, f"sqlite:///{clean / 'mlflow.db'}")
+    clean.mkdir()
+    train(clean, new_store(clean / "mlflow.db", tmp_path))
     reference_client = MlflowClient(f"sqlite:///{clean / 'mlflow.db'}")
     run = only_run(client)
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"

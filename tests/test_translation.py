@@ -26,6 +26,7 @@ from pipeline.tasks.translation import model as trmodel
 from pipeline.tasks.translation import train as trtrain
 from pipeline.tasks.translation.lexicon import learn_lexicon, translate_words
 from pipeline.tasks.translation.lexicon_bias import LexiconBias, ibm1_table
+from tests.conftest import new_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -266,7 +267,7 @@ def trained(tiny_data: dict[str, Path]) -> dict[str, Any]:
 
     root, cfg = tiny_data["root"], TranslationTrain(**TINY)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        patch.setenv("MLFLOW_TRACKING_URI", new_store(root / "mlflow.db", root))
         patch.chdir(root)
         set_seed(cfg.seed)
         with stage_run("translation", "train", cfg.model_dump(mode="json")) as run:
