@@ -42,24 +42,26 @@ def pytest_configure(config: pytest.Config) -> None:
 # start first, longest first, so that no long test begins while the other worker has nothing
 # left to do; the hundreds of quick tests fill in at the end. A stale entry only costs balance.
 LONGEST = {
-    "tests/test_pipeline.py::test_evaluate_params_rerun_evaluation_only_and_train_params_both": 98,
-    "tests/test_distribute.py::test_killed_multi_worker_training_resumes_on_every_worker": 80,
-    "tests/test_forecasting_pipeline.py::test_repro_forecasting_end_to_end_then_forecast_and": 61,
-    "tests/test_pipeline.py::test_repro_download_and_tokenize_all_tasks": 58,
-    "tests/test_experiments.py::test_concurrent_queued_grid_gives_one_complete_tagged_run": 51,
-    "tests/test_train.py::test_killed_training_resumes_at_the_next_epoch": 50,
-    "tests/test_tracking_load.py::test_two_trainings_survive_a_server_kill_with_nothing_lost": 48,
-    "tests/test_server.py::test_a_server_that_stays_down_fails_training_within_the_bound": 45,
-    "tests/test_speech_pipeline.py::test_repro_speech_end_to_end_then_recognize": 45,
-    "tests/test_distribute.py::test_two_workers_match_one_worker_on_the_same_global_batch": 42,
-    "tests/test_distribute.py::test_killed_worker_stops_the_launcher_within_the_timeout": 39,
+    "tests/test_pipeline.py::test_evaluate_params_rerun_evaluation_only_and_train_params_both": 78,
+    "tests/test_forecasting_pipeline.py::test_repro_forecasting_end_to_end_then_forecast_and": 71,
+    "tests/test_tracking_load.py::test_two_trainings_survive_a_server_kill_with_nothing_lost": 66,
+    "tests/test_distribute.py::test_killed_multi_worker_training_resumes_on_every_worker": 58,
+    "tests/test_pipeline.py::test_repro_download_and_tokenize_all_tasks": 56,
+    "tests/test_experiments.py::test_concurrent_queued_grid_gives_one_complete_tagged_run": 53,
+    "tests/test_server.py::test_a_server_that_stays_down_fails_training_within_the_bound": 50,
+    "tests/test_speech_pipeline.py::test_repro_speech_end_to_end_then_recognize": 48,
+    "tests/test_distribute.py::test_killed_worker_stops_the_launcher_within_the_timeout": 41,
+    "tests/test_train.py::test_killed_training_resumes_at_the_next_epoch": 40,
+    "tests/test_distribute.py::test_two_workers_match_one_worker_on_the_same_global_batch": 37,
     "tests/test_pipeline.py::test_dvc_checkout_restores_every_output_after_a_failed_stage": 31,
 }
 # Modules whose tests share a module-scoped fixture, costly to set up, with their longest test:
 # all their tests go to one worker (one setup per parameter, not one per worker).
 LONGEST_MODULES = {
-    "tests/test_server.py": 40 + 38 + 10,  # the tiny pipeline on a sqlite and a postgres server
+    # The tiny pipeline on a sqlite and a postgres server, and the restart mid-training.
+    "tests/test_server.py": 38 + 37 + 37 + 5,
     "tests/test_language_model.py": 44,
+    "tests/test_train.py": 35,  # one shared training, the NaN runs and the flush-then-kill runs
 }
 
 
