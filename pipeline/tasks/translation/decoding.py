@@ -35,7 +35,7 @@ from pipeline.tasks.translation.model import (
     Seq2Seq,
 )
 
-Arrays = dict[str, np.ndarray]
+Arrays = dict[str, np.ndarray]  # a context may hold tensors too: only its step model reads it
 NEVER_GENERATED = (PAD_ID, BOS_ID)
 
 
@@ -84,13 +84,17 @@ class KerasStepModel:
         self._state_names = [n for names in seq2seq.layers.state_names() for n in names]
 
     def encode(self, sources: np.ndarray) -> tuple[Arrays, Arrays]:
-        """Encode; zero the memory at pads so the step model's Masking layer finds them."""
+        """Encode; zero the memory at pads so the step model's Masking layer finds them.
+
+        The context stays a TensorFlow tensor: every step reads it unchanged, and feeding it
+        back as numpy copied it at every step (the lexicon rows are (B, S, vocabulary) floats).
+        """
         ids = np.asarray(sources, dtype=np.int32)
-        out = {key: value.numpy() for key, value in self._encode({SOURCE: ids}).items()}
+        out = self._encode({SOURCE: ids})
         if MEMORY in out:
-            out[MEMORY] = out[MEMORY] * (ids != PAD_ID)[..., None]
+            out[MEMORY] = out[MEMORY] * tf.cast(ids != PAD_ID, out[MEMORY].dtype)[..., None]
         context = {key: out[key] for key in (MEMORY, KEYS, LEXICON) if key in out}
-        return context, {name: out[name] for name in self._state_names}
+        return context, {name: out[name].numpy() for name in self._state_names}
 
     def step(
         self, tokens: np.ndarray, context: Arrays, states: Arrays
@@ -101,6 +105,13 @@ class KerasStepModel:
         weights = out[ATTENTION].numpy()[:, 0] if ATTENTION in out else None
         new_states = {name: out[name].numpy() for name in self._state_names}
         return out[LOGITS].numpy()[:, 0], new_states, weights
+
+
+def repeat_rows(value: np.ndarray | tf.Tensor, times: int) -> np.ndarray | tf.Tensor:
+    """Each row `times` times in a row, staying a numpy array or a tensor."""
+    if tf.is_tensor(value):
+        return tf.repeat(value, times, axis=0)
+    return np.repeat(value, times, axis=0)
 
 
 def traced(
@@ -300,7 +311,7 @@ def beam_decode(
     """Beam search over a padded (B, S) batch, all beams of all sentences in one step call."""
     batch, beam = len(sources), beam_size
     context, states = model.encode(sources)
-    context = {key: np.repeat(value, beam, axis=0) for key, value in context.items()}
+    context = {key: repeat_rows(value, beam) for key, value in context.items()}
     states = {key: np.repeat(value, beam, axis=0) for key, value in states.items()}
     beams = _Beams.start(batch, beam)
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
