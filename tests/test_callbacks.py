@@ -85,3 +85,46 @@ def test_progress_logs_lines_and_draws_no_bar_elsewhere(caplog) -> None:
     steps = [line for line in lines if line.lstrip().startswith("step")]
     assert len(steps) == 2 and all("loss" in line and "grad_norm" in line for line in steps)
     assert sum(line.startswith("epoch ") for line in lines) == 2
+
+
+class Killed(Exception):
+    """Stands in for a kill after an epoch's checkpoint."""
+
+
+class KillAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if epoch == self.epoch:
+            raise Killed
+
+
+def ema_fit(backup: str, epochs: int, kill_after: int | None = None) -> list[np.ndarray]:
+    """Adam with weight averaging, the trainer's swap callback, then Keras's per-epoch backup."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1, name="head")(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.9), loss="mse")
+    x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
+    stack = [callbacks.ResumableSwapEMAWeights()]
+    stack += [KillAfterEpoch(kill_after)] if kill_after is not None else []
+    stack += [keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)]
+    model.fit(
+        x, x.sum(axis=1), batch_size=8, epochs=epochs, shuffle=False, verbose=0, callbacks=stack
+    )
+    return model.get_weights()
+
+
+def test_weight_averaging_resumes_where_it_stopped(tmp_path) -> None:
+    """A run killed after epoch 2's checkpoint and resumed ends with the uninterrupted weights:
+    the checkpoint holds the average in the model, and the first resumed epoch swaps it back."""
+    whole = ema_fit(str(tmp_path / "whole"), epochs=4)
+    try:
+        ema_fit(str(tmp_path / "killed"), epochs=4, kill_after=1)
+    except Killed:
+        pass
+    resumed = ema_fit(str(tmp_path / "killed"), epochs=4)
+    for got, want in zip(resumed, whole, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

@@ -297,6 +297,29 @@ class GradientFlowLogger(keras.callbacks.Callback):
             )
 
 
+class ResumableSwapEMAWeights(keras.callbacks.SwapEMAWeights):
+    """Keras's `SwapEMAWeights(swap_on_epoch=True)` that also resumes from a checkpoint.
+
+    Checkpoints are written at epoch end, after the swap: the model holds the average and the
+    optimizer's average slots the raw weights. Keras's callback starts every run believing the
+    raw weights are in the model, so a resumed run trained on from the average (and averaged
+    the raw weights) in its first epoch, and ended elsewhere than an uninterrupted run.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(swap_on_epoch=True)
+        self._first_epoch = True
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self._first_epoch = True
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._first_epoch and epoch > 0:  # restored from an epoch-end checkpoint
+            self._ema_weights_in_model = True
+        self._first_epoch = False
+        super().on_epoch_begin(epoch, logs)
+
+
 class EpochCommit(keras.callbacks.Callback):
     """Close an epoch: send its buffered metrics to MLflow, then save the training record.
 

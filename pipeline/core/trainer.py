@@ -36,6 +36,7 @@ from pipeline.core.callbacks import (
     NanGuard,
     Progress,
     Reporter,
+    ResumableSwapEMAWeights,
     TrainingRecord,
     current_step,
 )
@@ -279,7 +280,7 @@ def ema_swap(cfg: TrainParams) -> list[keras.callbacks.Callback]:
     """
     if not cfg.ema_momentum:
         return []
-    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
+    return [ResumableSwapEMAWeights()]
 
 
 def fit(
