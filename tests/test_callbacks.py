@@ -109,8 +109,8 @@ def ema_fit(backup: str, epochs: int, kill_after: int | None = None) -> list[np.
     model.compile(optimizer=keras.optimizers.Adam(0.05, use_ema=True, ema_momentum=0.9), loss="mse")
     x = np.random.default_rng(0).normal(size=(64, 4)).astype("float32")
     stack = [callbacks.ResumableSwapEMAWeights()]
-    stack += [KillAfterEpoch(kill_after)] if kill_after is not None else []
     stack += [keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)]
+    stack += [KillAfterEpoch(kill_after)] if kill_after is not None else []  # after the backup
     model.fit(
         x, x.sum(axis=1), batch_size=8, epochs=epochs, shuffle=False, verbose=0, callbacks=stack
     )
