@@ -505,6 +505,13 @@ class ClassificationTrain(TrainParams):
     embedding_dropout: float = Field(
         0.0, ge=0, lt=1, description="Fraction of embedding channels dropped for a whole review."
     )
+    word_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Fraction of a review's tokens whose whole embedding is zeroed in training "
+        "(Gal & Ghahramani's word dropout).",
+    )
 
 
 class LanguageModelTrain(TrainParams):

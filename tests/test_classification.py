@@ -49,15 +49,27 @@ def test_pooled_head_reads_every_hidden_state() -> None:
     assert not last.get_layer("rnn_1").return_sequences
 
 
-def test_embedding_dropout_is_active_only_in_training() -> None:
-    model = build_classifier(POOLED, 30)
+@pytest.mark.parametrize(
+    ("name", "whole"),
+    [
+        # Whole channels: a channel dropped at one position is dropped at every position.
+        ("embedding_dropout", 1),
+        # Whole tokens: a token's embedding goes entirely or not at all.
+        ("word_dropout", 2),
+    ],
+)
+def test_embedding_dropouts_are_active_only_in_training(name: str, whole: int) -> None:
+    model = build_classifier(POOLED.model_copy(update={"word_dropout": 0.5}), 30)
     tokens = np.tile(np.arange(1, 21, dtype="int32"), (4, 1))
-    layer = model.get_layer("embedding_dropout")
+    layer = model.get_layer(name)
     x = model.get_layer("embedding")(tokens)
     np.testing.assert_array_equal(layer(x, training=False), x)
     dropped = layer(x, training=True).numpy() == 0
-    # Whole channels go: a channel dropped at one position is dropped at every position.
-    assert dropped.any() and (dropped.all(axis=1) == dropped.any(axis=1)).all()
+    assert dropped.any() and (dropped.all(axis=whole) == dropped.any(axis=whole)).all()
+
+
+def test_word_dropout_is_absent_when_off() -> None:
+    assert "word_dropout" not in [layer.name for layer in build_classifier(POOLED, 30).layers]
 
 
 def test_pooled_model_saves_and_loads(tmp_path: Path) -> None:

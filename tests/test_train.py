@@ -40,6 +40,7 @@ TINY_TRAIN = {
     # 2 epochs of 480 reviews: regularisation and a decaying rate would only hide the learning.
     "train.classification.dropout": 0.0,
     "train.classification.embedding_dropout": 0.0,
+    "train.classification.word_dropout": 0.0,
     "train.classification.lr_schedule": "constant",
 }
 

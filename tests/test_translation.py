@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pipeline.core.corpus import read_jsonl
+from pipeline.core.recurrent import word_dropout
 from pipeline.core.tokens import BOS_ID, EOS_ID
 from pipeline.params import (
     Task,
@@ -90,7 +91,7 @@ def test_label_smoothing_mixes_uniform_cross_entropy_over_real_tokens() -> None:
 def test_word_dropout_zeroes_whole_tokens_in_training_only() -> None:
     """Each token's embedding is kept (scaled) or zeroed as a whole; inference is untouched."""
     x = keras.Input(shape=(None, 8))
-    model = keras.Model(x, trmodel.word_dropout(x, 0.5, "word_dropout"))
+    model = keras.Model(x, word_dropout(x, 0.5, "word_dropout"))
     embedded = np.ones((4, 50, 8), np.float32)
     dropped = np.asarray(model(embedded, training=True))
     per_token = dropped.reshape(-1, 8)

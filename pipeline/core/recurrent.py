@@ -56,6 +56,16 @@ def token_embedding(vocab_size: int, dim: int, name: str = "embedding") -> keras
     return keras.layers.Embedding(vocab_size, dim, mask_zero=True, name=name)
 
 
+def word_dropout(x: keras.KerasTensor, rate: float, name: str) -> keras.KerasTensor:
+    """Zero whole token embeddings (one draw per token) in the training graph only.
+
+    Gal & Ghahramani's word dropout: the model must read a token's context, not only the token.
+    """
+    if rate <= 0:
+        return x
+    return keras.layers.Dropout(rate, noise_shape=(None, None, 1), name=name)(x)
+
+
 @keras.saving.register_keras_serializable(package="pipeline")
 class TiedEmbedding(keras.layers.ReversibleEmbedding):
     """Reversible embedding whose reverse (logits) call keeps the hidden states' padding mask."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from pipeline.core.recurrent import recurrent_stack, token_embedding
+from pipeline.core.recurrent import recurrent_stack, token_embedding, word_dropout
 from pipeline.params import ClassificationTrain
 
 
@@ -51,6 +51,7 @@ def build_classifier(cfg: ClassificationTrain, vocab_size: int) -> keras.Model:
     tokens = keras.Input(shape=(None,), dtype="int32", name="tokens")
     # Masked embedding: post-padded reviews end at their last real token.
     x = token_embedding(vocab_size, cfg.embedding_dim)(tokens)
+    x = word_dropout(x, cfg.word_dropout, "word_dropout")
     if cfg.embedding_dropout > 0:
         # The same embedding channels are dropped at every position of a review.
         x = keras.layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)

@@ -40,7 +40,13 @@ from dataclasses import dataclass
 
 import keras
 
-from pipeline.core.recurrent import TiedEmbedding, VocabBias, recurrent_layer, token_embedding
+from pipeline.core.recurrent import (
+    TiedEmbedding,
+    VocabBias,
+    recurrent_layer,
+    token_embedding,
+    word_dropout,
+)
 from pipeline.params import TranslationTrain
 from pipeline.tasks.translation.lexicon_bias import LexiconBias, LexiconTable
 
@@ -219,13 +225,6 @@ def layers_from_model(model: keras.Model) -> Seq2SeqLayers:
 def dropout(x: KerasTensor, rate: float, name: str) -> KerasTensor:
     """Dropout on recurrent outputs in the training graph only (inference skips it)."""
     return keras.layers.Dropout(rate, name=name)(x) if rate > 0 else x
-
-
-def word_dropout(x: KerasTensor, rate: float, name: str) -> KerasTensor:
-    """Zero whole token embeddings (one draw per token) in the training graph only."""
-    if rate <= 0:
-        return x
-    return keras.layers.Dropout(rate, noise_shape=(None, None, 1), name=name)(x)
 
 
 def bridge(states: list[KerasTensor], dense: list[keras.layers.Layer]) -> list[KerasTensor]:
