@@ -21,8 +21,9 @@ from typing import Annotated
 import typer
 from mlflow.tracking import MlflowClient
 
-TASKS = ("classification", "language_model", "translation", "speech", "forecasting")
-STEP_METRIC = "grad_norm/global"
+from pipeline.params import Task
+
+STEP_METRIC = "grad_norm/global"  # pipeline.core.gradients.GLOBAL, without importing TensorFlow
 CPU_METRIC = "system/cpu_utilization_percentage"
 
 
@@ -88,7 +89,7 @@ def main(
     """Print each task's step-timing gaps in its latest training; optionally save them."""
     client = MlflowClient(tracking_uri)
     report = {}
-    for task in TASKS:
+    for task in Task:
         run = latest_train_run(client, task)
         if run is None:
             continue

@@ -5,7 +5,8 @@ from __future__ import annotations
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from benchmarks.step_gaps import gaps, latest_train_run
+from benchmarks.step_gaps import STEP_METRIC, gaps, latest_train_run
+from pipeline.core.gradients import GLOBAL
 
 
 def test_a_pause_between_steps_is_found_with_its_extra_seconds(mlflow_uri: str) -> None:
@@ -16,7 +17,8 @@ def test_a_pause_between_steps_is_found_with_its_extra_seconds(mlflow_uri: str) 
     # Steps 0, 10, ..., 100 at one second per 10 steps, with 20 s lost after step 50; the
     # machine sat idle then (CPU sampled once, just after it).
     times = {step: start + 100 * step + (20_000 if step > 50 else 0) for step in range(0, 101, 10)}
-    points = [Metric("grad_norm/global", 1.0, t, s) for s, t in times.items()]
+    assert STEP_METRIC == GLOBAL  # the metric the trainer logs every `log_every_n_steps`
+    points = [Metric(GLOBAL, 1.0, t, s) for s, t in times.items()]
     points.append(Metric("system/cpu_utilization_percentage", 0.5, times[60] + 1, 0))
     client.log_batch(run.info.run_id, metrics=points)
     client.set_terminated(run.info.run_id, end_time=times[100])
