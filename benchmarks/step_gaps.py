@@ -19,26 +19,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from pipeline.core.tracking import newest_stage_run
 from pipeline.params import Task
 
 STEP_METRIC = "grad_norm/global"  # pipeline.core.gradients.GLOBAL, without importing TensorFlow
 CPU_METRIC = "system/cpu_utilization_percentage"
 
 
-def latest_train_run(client: MlflowClient, task: str):
+def latest_train_run(client: MlflowClient, task: str) -> Run | None:
     """The newest `train` stage run of a task's experiment, or None."""
     experiment = client.get_experiment_by_name(task)
-    if experiment is None:
-        return None
-    runs = client.search_runs(
-        [experiment.experiment_id],
-        filter_string="tags.`pipeline.stage` = 'train'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0] if runs else None
+    return newest_stage_run(client, experiment.experiment_id, "train") if experiment else None
 
 
 def gaps(client: MlflowClient, run, factor: float, min_seconds: float) -> dict:

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from mlflow.tracking import MlflowClient
 
 from pipeline.core.metric_names import flow_summary_key
+from pipeline.core.tracking import newest_stage_run
 
 VIEW_ID = "headline"
 VIEW_NAME = "Headline metrics"
@@ -64,13 +65,10 @@ def install_views(client: MlflowClient) -> dict[str, str]:
     """
     installed = {}
     for experiment in client.search_experiments(order_by=["name"]):
-        query = "tags.`pipeline.stage` = 'train'"
-        runs = client.search_runs(
-            [experiment.experiment_id], query, max_results=1, order_by=["start_time DESC"]
-        )
-        if not runs:
+        newest = newest_stage_run(client, experiment.experiment_id, "train")
+        if newest is None:
             continue
-        columns = headline_columns(experiment.name, runs[0].data.metrics)
+        columns = headline_columns(experiment.name, newest.data.metrics)
         current = experiment.tags.get(VIEW_TAG)
         if (
             current is None

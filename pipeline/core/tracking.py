@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -227,6 +227,17 @@ def connected_client(cwd: Path | None = None) -> MlflowClient:
 def process_tags() -> dict[str, str]:
     """Host and PID of this stage, so a later stage can tell a dead run from a live one."""
     return {"pipeline.host": socket.gethostname(), "pipeline.pid": str(os.getpid())}
+
+
+def newest_stage_run(client: MlflowClient, experiment_id: str, stage: str) -> Run | None:
+    """The most recently started run of one stage in an experiment, or None if it has none."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`pipeline.stage` = '{stage}'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    return runs[0] if runs else None
 
 
 def reap_orphans(client: MlflowClient, experiment_id: str, stage: str) -> list[str]:
