@@ -87,10 +87,12 @@ def matmul_gflops(threads: int, repeats: int = 5, calls: int = 20) -> list[float
 
 def main(
     seconds: Annotated[float, typer.Option(help="Seconds of chunks per phase.")] = 30.0,
-    stall_factor: Annotated[float, typer.Option(help="A chunk this many times the fastest is a stall.")] = 3.0,
+    stall_factor: Annotated[
+        float, typer.Option(help="A chunk this many times the fastest is a stall.")
+    ] = 3.0,
     out: Annotated[Path | None, typer.Option(help="Write the results as JSON here.")] = None,
 ) -> None:
-    """Print solo vs side-by-side chunk times, the parallel speedup, and TensorFlow's thread scaling."""
+    """Print solo vs side-by-side chunk times, the speedup and TensorFlow's thread scaling."""
     cpus = os.cpu_count() or 1
     ctx = multiprocessing.get_context("spawn")
     solo = time_chunks(seconds)
@@ -116,7 +118,9 @@ def main(
         "matmul_gflops_median": {str(k): v for k, v in tf_median.items()},
         "matmul_thread_speedup": tf_median[cpus] / tf_median[1],
     }
-    typer.echo(f"solo: p50 {solo_summary['ms_p50']:.0f} ms/chunk (min {solo_summary['ms_min']:.0f})")
+    typer.echo(
+        f"solo: p50 {solo_summary['ms_p50']:.0f} ms/chunk (min {solo_summary['ms_min']:.0f})"
+    )
     for i, p in enumerate(per_process):
         typer.echo(
             f"side by side #{i}: p50 {p['ms_p50']:.0f} ms (min {p['ms_min']:.0f}, "
