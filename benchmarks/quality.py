@@ -31,6 +31,8 @@ import typer
 import yaml
 from seeds import ROOT, pipeline, summarize
 
+from pipeline.params import yaml_value
+
 KEYS = {
     "classification": (
         "test.accuracy",
@@ -122,7 +124,7 @@ def overridden(overrides: list[str]) -> dict:
             node = node[part]
         if leaf not in node:
             sys.exit(f"--set {override}: no such key in params.yaml")
-        node[leaf] = yaml.safe_load(value)
+        node[leaf] = yaml_value(value)
     return params
 
 

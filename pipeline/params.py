@@ -564,9 +564,16 @@ class TranslationTrain(TrainParams):
     )
     lexicon_bias: bool = Field(
         False,
-        description="Add log(sum_s a_ts p(y | x_s) + 0.001) to the decoder's logits, p an IBM "
-        "Model 1 subword table estimated from the training pairs and a the attention weights "
-        "(Arthur et al. 2016); needs attention. Stored in the model: src x tgt vocab floats.",
+        description="Add log(sum_s a_ts p(y | x_s) + lexicon_epsilon) to the decoder's logits, p "
+        "an IBM Model 1 subword table estimated from the training pairs and a the attention "
+        "weights (Arthur et al. 2016); needs attention. Stored in the model: src x tgt floats.",
+    )
+    lexicon_epsilon: float = Field(
+        1e-3,
+        gt=0,
+        le=1,
+        description="How hard the lexicon bias holds: a target the table never pairs with the "
+        "attended source costs log(lexicon_epsilon) nats (1e-3: Arthur et al.'s -6.9).",
     )
     report_examples: int = Field(
         10, ge=0, description="Validation sentences greedy-decoded into each epoch's report."
@@ -652,6 +659,12 @@ class LanguageModelEvaluate(Section):
     sample_temperature: float = Field(
         0.8, gt=0, le=10, description="Softmax temperature (samples at 0.5 and 1.0 too)."
     )
+    stride: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens between test windows (at most train max_len); each scores its last "
+        "`stride` targets after the rest as context. None: max_len, no overlap.",
+    )
 
 
 class TranslationEvaluate(Section):
@@ -704,6 +717,16 @@ class Params(Section):
     train: TrainSection
     evaluate: EvaluateSection
 
+    @model_validator(mode="after")
+    def _stride_within_the_window(self) -> Params:
+        stride, max_len = self.evaluate.language_model.stride, self.train.language_model.max_len
+        if stride is not None and stride > max_len:
+            raise ValueError(
+                f"evaluate.language_model.stride: expected at most train.language_model.max_len "
+                f"({max_len}), got {stride}"
+            )
+        return self
+
 
 # --------------------------------------------------------------------------- loading
 
@@ -729,6 +752,8 @@ def _describe(error: dict[str, Any]) -> str:
     message = error["msg"]
     message = message[0].lower() + message[1:] if message else message
     message = message.removeprefix("value error, ")
+    if not key and re.match(r"[a-z_]+(\.[a-z_]+)+: ", message):
+        return message  # a check across sections names its own key
     if kind in {"model_type", "model_attributes_type"} or isinstance(value, dict | list):
         return f"{key or '<root>'}: {message}"
     return f"{key or '<root>'}: expected {message.removeprefix('input should be ')}, got {value!r}"
@@ -774,6 +799,20 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1, which PyYAML follows, reads `2e-3` and `1.0e5` as strings (its floats need a dot and
+# a signed exponent); YAML 1.2, which DVC's `-S` writes, reads them as numbers, and so do we.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_value(text: str) -> Any:
+    """Parse one YAML value (a `--set` override) as params.yaml's loader would."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def load_params(path: Path) -> Params:

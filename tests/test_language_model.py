@@ -66,6 +66,22 @@ def test_smaller_stride_overlaps_windows() -> None:
     np.testing.assert_array_equal(rows[1], np.arange(5, 14))
 
 
+@pytest.mark.parametrize("stride", [1, 3, 4])
+def test_scored_windows_score_every_target_once_after_the_strides_context(stride: int) -> None:
+    streams = [np.arange(10, 10 + n, dtype=np.int32) for n in (1, 2, 7, 9, 10)]
+    rows, scored = lmeval.scored_windows(streams, max_len=4, stride=stride)
+    targets = rows[:, 1:]
+    np.testing.assert_array_equal(targets[scored], np.concatenate([s[1:] for s in streams]))
+    # Outside a play's first window a scored target follows >= max_len - stride tokens of the
+    # same window; ids count up from 10 in every play, so a play's first window starts at 10.
+    later = rows[:, 0] != 10
+    positions = np.nonzero(scored[later])[1]
+    assert (positions >= 4 - stride).all()
+    if stride == 4:  # the default: the training windows, every target scored
+        np.testing.assert_array_equal(rows, lmdata.windows(streams, 4, 4))
+        np.testing.assert_array_equal(scored, targets != PAD_ID)
+
+
 def test_metrics_from_token_losses_hand_computed() -> None:
     # Two tokens with p = 1/2 and 1/8 over 8 characters: 1 + 3 = 4 bits -> 0.5 bits/char;
     # mean loss 2 ln 2 nats -> perplexity e^(2 ln 2) = 4.
@@ -221,6 +237,21 @@ def test_train_then_evaluate_on_real_text(corpus: Path, mlflow_uri: str, tmp_pat
     bpc = -picked.sum() / math.log(2) / chars.sum()
     assert metrics["test.bpc"] == pytest.approx(bpc, rel=1e-4)
     assert metrics["baseline.tokens"] == metrics["test.tokens"]
+
+    # Overlapping test windows score the same tokens, each after more context; the default
+    # stride (max_len) is the non-overlapping evaluation above.
+    half = TINY.max_len // 2
+    for stride, same in ((TINY.max_len, True), (half, False)):
+        strided = lmeval.evaluate(
+            TINY,
+            EVAL.model_copy(update={"stride": stride}),
+            tmp_path / "model",
+            corpus,
+            tmp_path / "raw",
+            tmp_path / f"reports_{stride}",
+        )
+        assert strided["test.tokens"] == metrics["test.tokens"]
+        assert (strided["test.perplexity"] == metrics["test.perplexity"]) is same
     assert 1 < metrics["baseline.perplexity"] < 200 and metrics["baseline.bpc"] > 0
 
     # Reports: evaluation samples and per-epoch samples logged to MLflow.

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.params import ParamsError, Task, load_params
+from pipeline.params import ParamsError, Task, load_params, yaml_value
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,6 +107,17 @@ def test_repository_params_are_valid() -> None:
             "always",
             "train.language_model.jit_compile: expected one of True, False, auto, got 'always'",
         ),
+        (
+            "evaluate.language_model.stride",
+            65,
+            "evaluate.language_model.stride: expected at most train.language_model.max_len "
+            "(64), got 65",
+        ),
+        (
+            "evaluate.language_model.stride",
+            0,
+            "evaluate.language_model.stride: expected a value >= 1",
+        ),
     ],
 )
 def test_bad_value_exits_2_naming_the_key(write_params, key, value, expected, tmp_path) -> None:
@@ -118,6 +129,28 @@ def test_bad_value_exits_2_naming_the_key(write_params, key, value, expected, tm
     assert result.exit_code == 2
     assert expected in result.output
     assert not out.exists()
+
+
+def test_exponent_floats_read_as_numbers_as_in_yaml_1_2(tmp_path: Path) -> None:
+    """`learning_rate: 2e-3` is a number to DVC (YAML 1.2) and to ML practice; PyYAML's YAML 1.1
+    would read it as a string and fail validation."""
+    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    edited = text.replace("    learning_rate: 0.002\n", "    learning_rate: 2e-3\n", 1)
+    edited = edited.replace("    lexicon_epsilon: 0.001\n", "    lexicon_epsilon: 1.0E4\n", 1)
+    assert edited.count("2e-3") == 1 and edited.count("1.0E4") == 1
+    path = tmp_path / "params.yaml"
+    path.write_text(edited, encoding="utf-8")
+    with pytest.raises(ParamsError) as caught:
+        load_params(path)
+    # 1.0E4 is a number too: out of range, not "not a number".
+    assert caught.value.problems == [
+        "train.translation.lexicon_epsilon: expected a value <= 1.0, got 10000.0"
+    ]
+    path.write_text(edited.replace("1.0E4", "1e-4"), encoding="utf-8")
+    params = load_params(path)
+    assert params.train.classification.learning_rate == 0.002
+    assert params.train.translation.lexicon_epsilon == 1e-4
+    assert yaml_value("3e-5") == 3e-5 and yaml_value("v1e3") == "v1e3"
 
 
 def test_several_problems_are_all_reported(write_params) -> None:

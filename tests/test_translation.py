@@ -197,7 +197,12 @@ def test_lexicon_bias_adds_the_attended_log_translation_probability(tmp_path: Pa
     biased = np.asarray(LexiconBias()([logits, weights, rows]))
     expected = np.log(np.asarray([[[0.5, 0.5, 0.0], [0.125, 0.125, 0.75]]]) + 1e-3)
     np.testing.assert_allclose(biased, expected, rtol=1e-5)
-    cfg = TranslationTrain(units=6, embedding_dim=4, attention="luong", lexicon_bias=True)
+    # A smaller epsilon holds harder: unpaired targets cost log(1e-5) instead of log(1e-3).
+    strict = np.asarray(LexiconBias(epsilon=1e-5)([logits, weights, rows]))
+    np.testing.assert_allclose(strict[0, 0, 2], np.log(1e-5), rtol=1e-5)
+    cfg = TranslationTrain(
+        units=6, embedding_dim=4, attention="luong", lexicon_bias=True, lexicon_epsilon=1e-5
+    )
     seq2seq = trmodel.build_seq2seq(cfg, 20, 30)
     table = np.random.default_rng(0).dirichlet(np.ones(30), 20)
     seq2seq.layers.lexicon_table.set_table(table)
@@ -207,6 +212,7 @@ def test_lexicon_bias_adds_the_attended_log_translation_probability(tmp_path: Pa
     )
     np.testing.assert_allclose(np.asarray(loaded.layers.lexicon_table.table), table, rtol=1e-6)
     assert not loaded.layers.lexicon_table.trainable_weights
+    assert loaded.layers.lexicon_bias.epsilon == 1e-5  # params -> model -> saved file
 
 
 def test_lexicon_bias_needs_attention() -> None:

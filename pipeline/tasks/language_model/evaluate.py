@@ -1,8 +1,12 @@
 """Evaluate the language model: perplexity and bits per character beside a Kneser-Ney n-gram.
 
-Evaluation uses stride `max_len`, so model and n-gram baseline score exactly the same tokens;
-the baseline always sees its full `baseline_order - 1` tokens of history, window boundaries
-or not.
+Every test token is scored once, by model and n-gram baseline alike; the baseline always sees
+its full `baseline_order - 1` tokens of history, window boundaries or not. The model reads
+windows of `max_len` tokens from a zero state, as in training. By default they do not overlap,
+so a window's first tokens have little context; `evaluate.language_model.stride` below
+`max_len` starts a window every `stride` tokens and scores only its last `stride` targets, which
+then follow at least `max_len - stride` tokens of context (the first window of each play scores
+all of its targets).
 """
 
 from __future__ import annotations
@@ -58,18 +62,48 @@ def lm_metrics(nll: np.ndarray, chars: int, prefix: str) -> dict[str, float]:
     }
 
 
+def scored_windows(
+    streams: list[np.ndarray], max_len: int, stride: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Windows starting every `stride` tokens and, per target, whether it is scored there.
+
+    Each target is scored exactly once: in the first window of its play, or else in the last
+    `stride` positions of a later window (the earlier positions were scored before).
+    """
+    rows, scored = [], []
+    for stream in streams:
+        part = windows([stream], max_len, stride)
+        keep = np.zeros((len(part), max_len), dtype=bool)
+        keep[:1] = True
+        keep[1:, max_len - stride :] = True
+        rows.append(part)
+        scored.append(keep & (part[:, 1:] != PAD_ID))
+    if not rows:
+        return np.zeros((0, max_len + 1), np.int32), np.zeros((0, max_len), bool)
+    return np.concatenate(rows), np.concatenate(scored)
+
+
 def score_split(
-    model: keras.Model, data_dir: Path, split: str, cfg: LanguageModelTrain, newline: int
+    model: keras.Model,
+    data_dir: Path,
+    split: str,
+    cfg: LanguageModelTrain,
+    newline: int,
+    stride: int | None = None,
 ) -> tuple[dict[str, float], np.ndarray]:
-    """Score every token of every play once (non-overlapping windows); also return the losses."""
+    """Score every token of every play once; also return every window position's loss.
+
+    `stride` None means `max_len`: non-overlapping windows, the ones training validates on.
+    """
     streams, chars = load_streams(data_dir, split, newline)
-    nll, hits = token_nll(model, windows(streams, cfg.max_len, cfg.max_len))
-    scored = ~np.isnan(nll)
+    rows, scored = scored_windows(streams, cfg.max_len, stride or cfg.max_len)
+    nll, hits = token_nll(model, rows)
+    counted = scored & ~np.isnan(nll)
     expected = sum(len(s) - 1 for s in streams)
-    if int(scored.sum()) != expected:
-        raise RuntimeError(f"{split}: scored {int(scored.sum())} tokens, expected {expected}")
-    metrics = lm_metrics(nll[scored], int(chars.sum()), split)
-    metrics[f"{split}.accuracy"] = float(hits.sum()) / max(expected, 1)
+    if int(counted.sum()) != expected:
+        raise RuntimeError(f"{split}: scored {int(counted.sum())} tokens, expected {expected}")
+    metrics = lm_metrics(nll[counted], int(chars.sum()), split)
+    metrics[f"{split}.accuracy"] = float(hits[counted].sum()) / max(expected, 1)
     return metrics, nll
 
 
@@ -110,7 +144,8 @@ def write_samples(
 
 
 def plot_loss_by_position(nll: np.ndarray, path: Path) -> Path:
-    """Mean test loss per window position: how much the model gains from more context."""
+    """Mean test loss per window position (every window, scored there or not): how much the
+    model gains from more context."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -145,8 +180,8 @@ def evaluate(
     """
     model, sp = load_generator(model_dir)
     newline = sp.piece_to_id(NEWLINE)
-    metrics, _ = score_split(model, data_dir, "val", cfg, newline)
-    test, test_nll = score_split(model, data_dir, "test", cfg, newline)
+    metrics, _ = score_split(model, data_dir, "val", cfg, newline, eval_cfg.stride)
+    test, test_nll = score_split(model, data_dir, "test", cfg, newline, eval_cfg.stride)
     metrics |= test | baseline_metrics(
         eval_cfg.baseline_order, data_dir, sp.get_piece_size(), newline
     )

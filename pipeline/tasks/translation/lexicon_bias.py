@@ -25,7 +25,7 @@ from keras import ops
 
 from pipeline.core.tokens import PAD_ID
 
-EPSILON = 1e-3  # Arthur et al.'s value: unseen pairs cost log(1e-3) ~ -6.9 nats, not -inf
+EPSILON = 1e-3  # Arthur et al.'s value (`train.translation.lexicon_epsilon` sets it): -6.9 nats
 NULL_ID = PAD_ID  # IBM Model 1's empty source word lives in the PAD row, which no step attends
 
 

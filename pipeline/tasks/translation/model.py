@@ -27,7 +27,8 @@ Architecture (Luong et al. 2015: global attention on top of the decoder RNN):
 - `word_dropout` zeroes whole token embeddings on both sides, in the training graph only.
 - `lexicon_bias` (with attention): `lexicon_table` turns the source ids into rows of a fixed
   IBM Model 1 table p(y | x_s) (the encoder's `lexicon` output), and `lexicon_bias` adds
-  log(sum_s a_ts p(y | x_s) + eps) to the logits (Arthur et al. 2016; see `lexicon_bias.py`).
+  log(sum_s a_ts p(y | x_s) + lexicon_epsilon) to the logits (Arthur et al. 2016; see
+  `lexicon_bias.py`).
 
 The step model receives the memory as an input; pad positions must be zero there (the
 decoding code zeroes them) so its `memory_mask` Masking layer recovers the source mask.
@@ -167,7 +168,7 @@ def lexicon_layers(cfg: TranslationTrain, src_vocab: int, tgt_vocab: int) -> dic
         return {}
     return {
         "lexicon_table": LexiconTable(src_vocab, tgt_vocab, name="lexicon_table"),
-        "lexicon_bias": LexiconBias(name="lexicon_bias"),
+        "lexicon_bias": LexiconBias(epsilon=cfg.lexicon_epsilon, name="lexicon_bias"),
     }
 
 
