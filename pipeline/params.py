@@ -575,6 +575,13 @@ class TranslationTrain(TrainParams):
         description="How hard the lexicon bias holds: a target the table never pairs with the "
         "attended source costs log(lexicon_epsilon) nats (1e-3: Arthur et al.'s -6.9).",
     )
+    lexicon_iterations: int = Field(
+        5,
+        ge=1,
+        le=100,
+        description="EM iterations of the IBM Model 1 table: more make it sharper (each costs "
+        "one pass over the training pairs).",
+    )
     report_examples: int = Field(
         10, ge=0, description="Validation sentences greedy-decoded into each epoch's report."
     )

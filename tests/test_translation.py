@@ -187,6 +187,9 @@ def test_ibm1_table_aligns_words_from_sentence_pairs() -> None:
     assert [int(table[s].argmax()) for s in (3, 4, 5, 6)] == [3, 4, 5, 6]
     assert table[4, 4] > 0.5 and table[5, 5] > 0.5  # 'Haus' is not also 'the'
     np.testing.assert_allclose(table[7], 1 / 8)  # never seen: uniform
+    # `train.translation.lexicon_iterations`: each EM pass sharpens the table.
+    first = ibm1_table(source, target, 8, 8, iterations=1)
+    assert first[4, 4] < ibm1_table(source, target, 8, 8, iterations=2)[4, 4] < table[4, 4]
 
 
 def test_lexicon_bias_adds_the_attended_log_translation_probability(tmp_path: Path) -> None:

@@ -92,7 +92,8 @@ def setup(cfg: TranslationTrain, data_dir: Path) -> TrainingSetup:
     seq2seq = build_seq2seq(cfg, *sizes)
     if seq2seq.layers.lexicon_table is not None:
         _, target_out = teacher_forcing(train_tgt)
-        seq2seq.layers.lexicon_table.set_table(ibm1_table(train_src, target_out, *sizes))
+        table = ibm1_table(train_src, target_out, *sizes, iterations=cfg.lexicon_iterations)
+        seq2seq.layers.lexicon_table.set_table(table)
     assets = {name: data_dir / name for name in (SOURCE_TOKENIZER, TARGET_TOKENIZER)}
     translator = Translator.from_parts(seq2seq, *assets.values())
     reporters = [example_reporter(cfg, translator, data_dir)]
