@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -136,7 +137,7 @@ def test_exponent_floats_read_as_numbers_as_in_yaml_1_2(tmp_path: Path) -> None:
     would read it as a string and fail validation."""
     text = (ROOT / "params.yaml").read_text(encoding="utf-8")
     edited = text.replace("    learning_rate: 0.002\n", "    learning_rate: 2e-3\n", 1)
-    edited = edited.replace("    lexicon_epsilon: 0.001\n", "    lexicon_epsilon: 1.0E4\n", 1)
+    edited = re.sub(r"(?m)^    lexicon_epsilon: .*$", "    lexicon_epsilon: 1.0E4", edited, count=1)
     assert edited.count("2e-3") == 1 and edited.count("1.0E4") == 1
     path = tmp_path / "params.yaml"
     path.write_text(edited, encoding="utf-8")
