@@ -1,10 +1,10 @@
-"""Beam size and length penalty of the translator, chosen on validation BLEU.
+"""Beam size, length penalty and EOS penalty of the translator, chosen on validation BLEU.
 
 Decodes the validation and test splits of `dvc repro` with the trained translator
-(`models/translation`) greedily and with each beam size and GNMT length-penalty alpha
-(`evaluate.translation.beam_size`, `length_penalty`), and writes sacreBLEU, chrF and the
-hypothesis/reference length ratio of each setting. Pick the setting on validation; the test
-column is for reporting only.
+(`models/translation`) greedily and with each beam size, GNMT length-penalty alpha and EOS
+penalty (`evaluate.translation.beam_size`, `length_penalty`, `eos_penalty`), and writes
+sacreBLEU, chrF and the hypothesis/reference length ratio of each setting. Greedy runs once per
+EOS penalty. Pick the setting on validation; the test column is for reporting only.
 
     dvc repro train_translation
     python benchmarks/translation_beam.py --out benchmarks/results/translation_beam.json
@@ -38,6 +38,9 @@ def main(
     alphas: Annotated[
         list[float] | None, typer.Option("--alpha", help="Length-penalty alphas (repeatable).")
     ] = None,
+    eos_penalties: Annotated[
+        list[float] | None, typer.Option("--eos-penalty", help="EOS penalties (repeatable).")
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Write results as JSON here.")] = None,
 ) -> None:
     """Score greedy and beam decoding of validation and test for each setting."""
@@ -49,32 +52,33 @@ def main(
     params = load_params(ROOT / "params.yaml")
     train, evaluate = params.train.section(Task.translation), params.evaluate.translation
     translator = load_translator(ROOT / "models/translation")
-    settings = [(1, 0.0)] + [
-        (b, a) for b in beams or [2, 4] for a in alphas or [0.6, 1.0, 2.0, 3.0]
+    settings = [
+        (b, a, e)
+        for e in eos_penalties or [0.0]
+        for b, a in [(1, 0.0)] + [(b, a) for b in beams or [2, 4] for a in alphas or [0.6, 1, 2, 3]]
     ]
     result: dict = {"model": "models/translation", "decode_max_len": evaluate.decode_max_len}
     for split in ("val", "test"):
         sources, _ = load_pairs(ROOT / "data/tokenized/translation", split, train.max_len)
         references = [r["tgt"] for r in read_jsonl(ROOT / f"data/raw/translation/{split}.jsonl")]
         rows = result.setdefault(split, {"sentences": len(references), "settings": []})
-        for beam, alpha in settings:
-            ids = translator.decode_ids(sources, beam, evaluate.decode_max_len, alpha)
-            row = {"beam_size": beam, "length_penalty": alpha}
+        for beam, alpha, eos in settings:
+            ids = translator.decode_ids(
+                sources, beam, evaluate.decode_max_len, alpha, eos_penalty=eos
+            )
+            row = {"beam_size": beam, "length_penalty": alpha, "eos_penalty": eos}
             row |= score(translator.detokenize(ids), references)
             rows["settings"].append(row)
             print(
-                f"{split:<5} beam {beam} alpha {alpha:<4} "
-                + " ".join(
-                    f"{k} {v:.3f}"
-                    for k, v in row.items()
-                    if k not in ("beam_size", "length_penalty")
-                ),
+                f"{split:<5} beam {beam} alpha {alpha:<4} eos {eos:<4} "
+                + " ".join(f"{k} {row[k]:.3f}" for k in ("bleu", "chrf", "length_ratio")),
                 flush=True,
             )
-    best = max(result["val"]["settings"][1:], key=lambda r: r["bleu"])
+    best = max(
+        (r for r in result["val"]["settings"] if r["beam_size"] > 1), key=lambda r: r["bleu"]
+    )
     result["best_beam_on_val"] = {
-        "beam_size": best["beam_size"],
-        "length_penalty": best["length_penalty"],
+        key: best[key] for key in ("beam_size", "length_penalty", "eos_penalty")
     }
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
     if out:

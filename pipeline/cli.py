@@ -472,7 +472,9 @@ def translate(
     from pipeline.tasks.translation.translate import translate as run_translate
 
     beam = beam_size or cfg.beam_size
-    texts = run_translate(model, sentences, beam, cfg.decode_max_len, cfg.length_penalty)
+    texts = run_translate(
+        model, sentences, beam, cfg.decode_max_len, cfg.length_penalty, cfg.eos_penalty
+    )
     _echo_tsv(("source", "translation"), zip(sentences, texts, strict=True))
 
 

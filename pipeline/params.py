@@ -679,6 +679,9 @@ class TranslationEvaluate(Section):
 
     beam_size: int = Field(4, ge=1, le=64, description="Beam width for beam-search decoding.")
     length_penalty: float = Field(0.6, ge=0, le=5, description="GNMT length-penalty alpha.")
+    eos_penalty: float = Field(
+        0.0, ge=0, le=20, description="Nats taken from EOS's log-probability at every step."
+    )
     decode_max_len: int = Field(40, ge=1, description="Maximum generated target tokens.")
     examples: int = Field(50, ge=0, description="Test sentences in the examples table.")
     attention_maps: int = Field(3, ge=0, description="Test sentences drawn as attention heatmaps.")

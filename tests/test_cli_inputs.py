@@ -142,7 +142,8 @@ def test_translate_prints_each_source_beside_its_translation(
         assert result.exit_code == 0, result.output
     header, *rows = table(outputs[0].stdout)
     assert header == ["source", "translation"]
-    expected = translate(model, SENTENCES, 2, cfg.decode_max_len, cfg.length_penalty)
+    decoding = cfg.decode_max_len, cfg.length_penalty, cfg.eos_penalty
+    expected = translate(model, SENTENCES, 2, *decoding)
     assert rows == [[source, text] for source, text in zip(SENTENCES, expected, strict=True)]
     assert table(outputs[1].stdout) == table(outputs[0].stdout)
     assert table(outputs[2].stdout) == table(outputs[0].stdout)

@@ -104,6 +104,25 @@ def test_length_penalty_prefers_longer_hypotheses() -> None:
     assert length_penalty(1, 0.0) == 1.0 and length_penalty(7, 1.0) == 2.0
 
 
+def test_eos_penalty_makes_greedy_and_beam_write_longer() -> None:
+    """Greedy stops at once until the penalty passes log(.5 / .45) ~ 0.105 nats; beam search
+    keeps the empty hypothesis until EOS falls out of its best `beam` candidates."""
+    greedy_model = MarkovStepModel({BOS_ID: {EOS_ID: 0.5, A: 0.45, B: 0.05}, A: {EOS_ID: 0.95}})
+    source = one_source()
+    assert greedy_decode(greedy_model, source, max_len=5, eos_penalty=0.1)[0].tokens == []
+    longer = greedy_decode(greedy_model, source, max_len=5, eos_penalty=0.11)[0]
+    assert longer.tokens == [A]
+    assert longer.log_prob == pytest.approx(math.log(0.45) + math.log(0.95) - 0.11)
+    # beam 2: EOS (.4) ranks first, then A (.35) and B (.25); .4 e^-0.5 = .243 ranks third
+    beam_model = MarkovStepModel(
+        {BOS_ID: {EOS_ID: 0.4, A: 0.35, B: 0.25}, A: {EOS_ID: 0.95}, B: {EOS_ID: 0.9}}
+    )
+    assert beam_decode(beam_model, source, 2, 5, alpha=0.0)[0].tokens == []
+    penalised = beam_decode(beam_model, source, 2, 5, alpha=0.0, eos_penalty=0.5)[0]
+    assert penalised.tokens == [A]
+    assert penalised.log_prob == pytest.approx(math.log(0.35 * 0.95) - 0.5)
+
+
 def test_max_len_and_forbidden_tokens() -> None:
     """PAD and BOS are never generated; when EOS never makes the beam, decoding stops at max_len."""
     row = {PAD_ID: 0.5, BOS_ID: 0.3, A: 0.12, C: 0.07, EOS_ID: 0.01}

@@ -10,6 +10,11 @@ stay alive. A sentence is done when `beam` hypotheses have finished (or at `max_
 alive ones count too). The winner has the best GNMT score log P / ((5 + length) / 6)^alpha,
 where log P sums the generated tokens' log-probabilities and length counts them, EOS included.
 With beam 1 every step keeps the single best token, exactly as greedy does.
+
+`eos_penalty` (nats, greedy and beam) is subtracted from EOS's log-probability at every step, a
+constant cost of stopping (Murray & Chiang 2018's word reward, in effect): a model that ends
+its sentences too early, and so loses BLEU's brevity penalty and chrF's recall, writes longer
+ones. 0 decodes the model's own distribution.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ class Hypothesis:
     """One decoded sentence."""
 
     tokens: list[int]  # generated ids without EOS
-    log_prob: float  # sum of log P of every generated token, EOS included
+    log_prob: float  # sum of log P of every generated token, EOS included (less eos_penalty)
     length: int  # generated tokens, EOS included (the length penalty's |Y|)
     score: float  # log_prob / length_penalty(length, alpha)
     attention: np.ndarray | None = None  # (length, S) weights over source positions
@@ -139,12 +144,13 @@ def _log_softmax(outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
 
 
 def _next_log_probs(
-    model: StepModel, tokens: np.ndarray, context: Arrays, states: Arrays
+    model: StepModel, tokens: np.ndarray, context: Arrays, states: Arrays, eos_penalty: float
 ) -> tuple[np.ndarray, Arrays, np.ndarray | None]:
-    """Step once; float64 log-probs with the never-generated ids at -inf."""
+    """Step once; float64 log-probs, never-generated ids at -inf, EOS lowered by the penalty."""
     log_probs, states, weights = model.step(tokens, context, states)
     log_probs = np.asarray(log_probs, dtype=np.float64).copy()
     log_probs[:, list(NEVER_GENERATED)] = -np.inf
+    log_probs[:, EOS_ID] -= eos_penalty
     return log_probs, states, weights
 
 
@@ -152,7 +158,11 @@ def _next_log_probs(
 
 
 def greedy_decode(
-    model: StepModel, sources: np.ndarray, max_len: int, alpha: float = 0.0
+    model: StepModel,
+    sources: np.ndarray,
+    max_len: int,
+    alpha: float = 0.0,
+    eos_penalty: float = 0.0,
 ) -> list[Hypothesis]:
     """Pick the most probable token at every step for a padded (B, S) batch."""
     batch = len(sources)
@@ -163,7 +173,7 @@ def greedy_decode(
     log_prob = np.zeros(batch, dtype=np.float64)
     outputs, attention = [], []
     for _ in range(max_len):
-        log_probs, states, weights = _next_log_probs(model, tokens, context, states)
+        log_probs, states, weights = _next_log_probs(model, tokens, context, states, eos_penalty)
         tokens = log_probs.argmax(axis=-1).astype(np.int32)
         log_prob += np.where(done, 0.0, log_probs[np.arange(batch), tokens])
         lengths += ~done
@@ -306,7 +316,12 @@ def _gather(arrays: Arrays, rows: np.ndarray) -> Arrays:
 
 
 def beam_decode(
-    model: StepModel, sources: np.ndarray, beam_size: int, max_len: int, alpha: float
+    model: StepModel,
+    sources: np.ndarray,
+    beam_size: int,
+    max_len: int,
+    alpha: float,
+    eos_penalty: float = 0.0,
 ) -> list[Hypothesis]:
     """Beam search over a padded (B, S) batch, all beams of all sentences in one step call."""
     batch, beam = len(sources), beam_size
@@ -317,7 +332,7 @@ def beam_decode(
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     tokens = np.full(batch * beam, BOS_ID, dtype=np.int32)
     for t in range(max_len):
-        log_probs, states, weights = _next_log_probs(model, tokens, context, states)
+        log_probs, states, weights = _next_log_probs(model, tokens, context, states, eos_penalty)
         vocab = log_probs.shape[-1]
         candidates = _top_candidates(beams.scores, log_probs.reshape(batch, beam, vocab), 2 * beam)
         parent, word, score = _select(beams, candidates, weights, finished, t, alpha)
@@ -343,13 +358,14 @@ def decode_sequences(
     max_len: int,
     alpha: float,
     batch_size: int = 64,
+    eos_penalty: float = 0.0,
 ) -> list[Hypothesis]:
     """Decode many source id sequences in batches, in input order (greedy when beam is 1)."""
     out: list[Hypothesis] = []
     for start in range(0, len(sources), batch_size):
         batch = pad_batch(list(sources[start : start + batch_size]))
         if beam_size == 1:
-            out.extend(greedy_decode(model, batch, max_len, alpha))
+            out.extend(greedy_decode(model, batch, max_len, alpha, eos_penalty))
         else:
-            out.extend(beam_decode(model, batch, beam_size, max_len, alpha))
+            out.extend(beam_decode(model, batch, beam_size, max_len, alpha, eos_penalty))
     return out

@@ -48,10 +48,11 @@ class Translator:
         max_len: int,
         length_penalty: float = LENGTH_PENALTY,
         batch_size: int = 64,
+        eos_penalty: float = 0.0,
     ) -> list[Hypothesis]:
         """Translate source id sequences (greedy when beam_size is 1)."""
         return decode_sequences(
-            self.step_model, sources, beam_size, max_len, length_penalty, batch_size
+            self.step_model, sources, beam_size, max_len, length_penalty, batch_size, eos_penalty
         )
 
     def detokenize(self, hypotheses: Sequence[Hypothesis]) -> list[str]:
@@ -74,12 +75,15 @@ def translate_texts(
     beam_size: int = 4,
     max_len: int = DECODE_MAX_LEN,
     length_penalty: float = LENGTH_PENALTY,
+    eos_penalty: float = 0.0,
 ) -> list[str]:
     """Translate raw sentences; blank ones come back as empty strings without decoding."""
     texts = [sentence.strip() for sentence in sentences]
     todo = [i for i, text in enumerate(texts) if text]
     ids = [np.asarray(translator.source.encode(texts[i]), dtype=np.int32) for i in todo]
-    hypotheses = translator.decode_ids(ids, beam_size, max_len, length_penalty)
+    hypotheses = translator.decode_ids(
+        ids, beam_size, max_len, length_penalty, eos_penalty=eos_penalty
+    )
     out = [""] * len(texts)
     for i, text in zip(todo, translator.detokenize(hypotheses), strict=True):
         out[i] = text
@@ -92,8 +96,9 @@ def translate(
     beam_size: int = 4,
     max_len: int = DECODE_MAX_LEN,
     length_penalty: float = LENGTH_PENALTY,
+    eos_penalty: float = 0.0,
 ) -> list[str]:
     """Load `model_dir` and translate German sentences to English."""
     return translate_texts(
-        load_translator(model_dir), sentences, beam_size, max_len, length_penalty
+        load_translator(model_dir), sentences, beam_size, max_len, length_penalty, eos_penalty
     )
