@@ -13,7 +13,9 @@ is left alone, so the one-param change is skipped).
     python benchmarks/repro_timing.py --noop-repeats 5 --out benchmarks/results/repro_noop.json
 
 `--noop-repeats N` times N no-op repros of this workspace, each followed by one of a scratch
-project holding a single copy stage: the floor DVC itself sets on this machine.
+project holding a single copy stage (the floor DVC itself sets on this machine) and one of a
+scratch project of as many trivial stages as this pipeline has, chained, each reading one param
+and one file (what DVC charges per stage whatever the stage is).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def one_param_change(repo: Path) -> dict:
 
 def one_stage_project(folder: Path) -> Path:
     """A scratch DVC project of one up-to-date copy stage: DVC's own no-op floor."""
+    folder.mkdir()
     for args in (
         ["git", "init", "-q"],
         ["dvc", "init", "-q"],
@@ -90,21 +93,51 @@ def one_stage_project(folder: Path) -> Path:
     return folder
 
 
+def chained_project(folder: Path, count: int) -> Path:
+    """A scratch DVC project of `count` up-to-date trivial stages, each one param and one dep."""
+    folder.mkdir()
+    for args in (
+        ["git", "init", "-q"],
+        ["dvc", "init", "-q"],
+        ["dvc", "config", "core.analytics", "false"],
+    ):
+        sh(args, folder)
+    (folder / "params.yaml").write_text("".join(f"p{i}: {i}\n" for i in range(count)))
+    (folder / "s0.txt").write_text("0\n")
+    chain = {
+        f"s{i + 1}": {
+            "cmd": f"cp s{i}.txt s{i + 1}.txt",
+            "deps": [f"s{i}.txt"],
+            "params": [f"p{i}"],
+            "outs": [f"s{i + 1}.txt"],
+        }
+        for i in range(count)
+    }
+    (folder / "dvc.yaml").write_text(yaml.safe_dump({"stages": chain}, sort_keys=False))
+    sh(["dvc", "repro", "-q"], folder)
+    return folder
+
+
 def noop_only(repo: Path, repeats: int, out: Path | None) -> None:
-    """Time `dvc repro` on an up-to-date workspace and on a one-stage project, interleaved."""
+    """Time `dvc repro` on an up-to-date workspace and on two scratch projects, interleaved."""
+    count = len(stages(repo))
     with tempfile.TemporaryDirectory() as tmp:
-        floor_repo = one_stage_project(Path(tmp))
-        seconds, floor = [], []
+        floor_repo = one_stage_project(Path(tmp) / "one")
+        chain_repo = chained_project(Path(tmp) / "chain", count)
+        seconds, floor, chain = [], [], []
         for _ in range(repeats):
             seconds.append(sh(["dvc", "repro"], repo)[0])
             floor.append(sh(["dvc", "repro"], floor_repo)[0])
+            chain.append(sh(["dvc", "repro"], chain_repo)[0])
     typer.echo("no-op repro: " + ", ".join(f"{s:.2f} s" for s in seconds))
     typer.echo("one-stage project: " + ", ".join(f"{s:.2f} s" for s in floor))
+    typer.echo(f"{count} trivial stages: " + ", ".join(f"{s:.2f} s" for s in chain))
     if out:
         result = {
             "noop_seconds": seconds,
             "one_stage_noop_seconds": floor,
-            "stages": len(stages(repo)),
+            "trivial_stages_noop_seconds": chain,
+            "stages": count,
             "cpus": os.cpu_count(),
         }
         out.write_text(json.dumps(result) + "\n")
