@@ -2,8 +2,9 @@
 
 Runs the real `train` command with the repository's params.yaml and `--set` overrides (in a
 scratch folder with a throwaway MLflow store; `download.*` or `tokenize.*` overrides download
-and tokenize again there), then decodes the validation split greedily and with beam 4 at two
-length penalties and scores it with sacreBLEU beside the word-for-word dictionary baseline
+and tokenize again there), then decodes the validation split greedily, with beam 4 at two
+length penalties, and with the params' own `evaluate.translation` beam (its size, length and
+EOS penalties), and scores it with sacreBLEU beside the word-for-word dictionary baseline
 learned from the same train split. Settings are chosen on validation; `--test` adds the test
 split for reporting only.
 
@@ -26,13 +27,16 @@ from quality import overridden, prepare, scratch
 from seeds import ROOT, pipeline
 from translation_beam import score
 
-DECODES = ((1, 0.0), (4, 1.0), (4, 2.0))  # (beam size, GNMT length-penalty alpha)
+DECODES = ((1, 0.0, 0.0), (4, 1.0, 0.0), (4, 2.0, 0.0))  # (beam, GNMT alpha, EOS penalty)
 
 
-def decode_split(model: Path, data: Path, raw: Path, split: str, lengths: tuple[int, int]) -> dict:
+def decode_split(
+    model: Path, data: Path, raw: Path, split: str, lengths: tuple[int, int], own: tuple
+) -> dict:
     """Scores of each decoding setting on one split, and the dictionary baseline's.
 
-    `lengths`: the training `max_len` (source tokens kept) and evaluate's `decode_max_len`.
+    `lengths`: the training `max_len` (source tokens kept) and evaluate's `decode_max_len`;
+    `own`: evaluate's (beam size, length penalty, EOS penalty), decoded after `DECODES`.
     """
     from pipeline.core.corpus import read_jsonl
     from pipeline.tasks.translation.data import load_pairs
@@ -45,14 +49,15 @@ def decode_split(model: Path, data: Path, raw: Path, split: str, lengths: tuple[
     rows = read_jsonl(raw / f"{split}.jsonl")
     references = [row["tgt"] for row in rows]
     result: dict = {"sentences": len(rows), "settings": []}
-    for beam, alpha in DECODES:
+    for beam, alpha, eos in (*DECODES, own):
         hypotheses = translator.detokenize(
-            translator.decode_ids(sources, beam, decode_max_len, alpha)
+            translator.decode_ids(sources, beam, decode_max_len, alpha, eos_penalty=eos)
         )
         scores = score(hypotheses, references)
-        result["settings"].append({"beam_size": beam, "length_penalty": alpha} | scores)
+        setting = {"beam_size": beam, "length_penalty": alpha, "eos_penalty": eos}
+        result["settings"].append(setting | scores)
         print(
-            f"{split} beam {beam} alpha {alpha}: "
+            f"{split} beam {beam} alpha {alpha} eos {eos}: "
             + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
         )
         if beam == 1:
@@ -99,12 +104,11 @@ def main(
             "load_average": (load + os.getloadavg()[0]) / 2,
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         }
-        lengths = (
-            params["train"]["translation"]["max_len"],
-            params["evaluate"]["translation"]["decode_max_len"],
-        )
+        decoding = params["evaluate"]["translation"]
+        lengths = (params["train"]["translation"]["max_len"], decoding["decode_max_len"])
+        own = (decoding["beam_size"], decoding["length_penalty"], decoding["eos_penalty"])
         for split in ("val", "test") if test else ("val",):
-            result[split] = decode_split(work / "model", data, raw, split, lengths)
+            result[split] = decode_split(work / "model", data, raw, split, lengths, own)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")
