@@ -22,10 +22,12 @@ the best epoch of each are reported, with the ratios stage/plain and stage/unins
 (speech) is measured with its tracing spread over several epochs, as in its real training.
 The stage also measures this machine's matmul peak once per run (for MFU, `matmul_peak`): the
 burst is timed on its own too, and `stage_without_peak_vs_same_compile` takes it out.
+`hook_seconds` is where the rest goes: one more stage run with every callback hook timed.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import platform
@@ -40,6 +42,7 @@ import tensorflow as tf
 import typer
 import yaml
 
+import pipeline.core.trainer as trainer
 from pipeline.core.flops import matmul_peak
 from pipeline.core.precision import compute_precision, this_machine
 from pipeline.core.tracking import stage_run
@@ -72,6 +75,36 @@ def stage_epoch(task: Task, cfg: TrainParams, data: Path, work: Path) -> float:
         seconds = time.perf_counter() - started
     checkpoint.clear()
     return seconds
+
+
+HOOKS = ("on_train_begin", "on_epoch_begin", "on_epoch_end", "on_train_end")
+
+
+def hook_seconds(task: Task, cfg: TrainParams, data: Path, work: Path) -> dict[str, float]:
+    """Seconds in each callback's epoch and train hooks over one stage run, largest first."""
+    spent: collections.Counter[str] = collections.Counter()
+    build = trainer.callbacks_for
+
+    def timed_callbacks(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        stack, *rest = build(*args, **kwargs)
+        for callback in stack:
+            for hook in HOOKS:
+                name, call = f"{type(callback).__name__}.{hook}", getattr(callback, hook)
+
+                def timed(*a, _call=call, _name=name, **k):  # noqa: ANN002, ANN003, ANN202
+                    started = time.perf_counter()
+                    _call(*a, **k)
+                    spent[_name] += time.perf_counter() - started
+
+                setattr(callback, hook, timed)
+        return (stack, *rest)
+
+    trainer.callbacks_for = timed_callbacks
+    try:
+        stage_epoch(task, cfg, data, work)
+    finally:
+        trainer.callbacks_for = build
+    return {name: round(seconds, 4) for name, seconds in spent.most_common() if seconds >= 1e-3}
 
 
 def keras_epoch(
@@ -142,6 +175,7 @@ def measure(
         | {"best": best["stage"] / best[same_compile]},
         "peak_burst_seconds": peak,
         "stage_without_peak_vs_same_compile": without_peak / median[same_compile],
+        "hook_seconds": hook_seconds(task, cfg, data, work),
     }
 
 
