@@ -77,8 +77,8 @@ def one_param_change(repo: Path) -> dict:
     }
 
 
-def one_stage_project(folder: Path) -> Path:
-    """A scratch DVC project of one up-to-date copy stage: DVC's own no-op floor."""
+def new_dvc_project(folder: Path) -> None:
+    """An empty git + DVC project in a new `folder`, analytics off (no network at exit)."""
     folder.mkdir()
     for args in (
         ["git", "init", "-q"],
@@ -86,6 +86,11 @@ def one_stage_project(folder: Path) -> Path:
         ["dvc", "config", "core.analytics", "false"],
     ):
         sh(args, folder)
+
+
+def one_stage_project(folder: Path) -> Path:
+    """A scratch DVC project of one up-to-date copy stage: DVC's own no-op floor."""
+    new_dvc_project(folder)
     (folder / "a.txt").write_text("a\n")
     sh(["dvc", "stage", "add", "-q", "-n", "copy", "-d", "a.txt", "-o", "b.txt",
         "cp a.txt b.txt"], folder)  # fmt: skip
@@ -95,13 +100,7 @@ def one_stage_project(folder: Path) -> Path:
 
 def chained_project(folder: Path, count: int) -> Path:
     """A scratch DVC project of `count` up-to-date trivial stages, each one param and one dep."""
-    folder.mkdir()
-    for args in (
-        ["git", "init", "-q"],
-        ["dvc", "init", "-q"],
-        ["dvc", "config", "core.analytics", "false"],
-    ):
-        sh(args, folder)
+    new_dvc_project(folder)
     (folder / "params.yaml").write_text("".join(f"p{i}: {i}\n" for i in range(count)))
     (folder / "s0.txt").write_text("0\n")
     chain = {
