@@ -354,6 +354,18 @@ class TranslationTokenize(SentencePieceParams):
     """Source and target tokenizers, or one shared model."""
 
     shared: bool = Field(False, description="Train one model on both languages.")
+    source_vocab_size: int | None = Field(
+        None,
+        ge=32,
+        le=200_000,
+        description="The source model's vocabulary (null: vocab_size, which sizes the target's).",
+    )
+
+    @model_validator(mode="after")
+    def _one_size_when_shared(self) -> TranslationTokenize:
+        if self.shared and self.source_vocab_size is not None:
+            raise ValueError("source_vocab_size needs shared: false (one shared model, one size)")
+        return self
 
 
 class TokenizeParams(PerTask):

@@ -165,7 +165,8 @@ def _tokenize_translation(
     if cfg.shared:
         src_sp = tgt_sp = train_sentencepiece([r[k] for r in train for k in ("src", "tgt")], cfg)
     else:
-        src_sp = train_sentencepiece((r["src"] for r in train), cfg)
+        src_cfg = cfg.model_copy(update={"vocab_size": cfg.source_vocab_size or cfg.vocab_size})
+        src_sp = train_sentencepiece((r["src"] for r in train), src_cfg)
         tgt_sp = train_sentencepiece((r["tgt"] for r in train), cfg)
     (out / SOURCE_TOKENIZER).write_bytes(src_sp.serialized_model_proto())
     (out / TARGET_TOKENIZER).write_bytes(tgt_sp.serialized_model_proto())

@@ -130,6 +130,17 @@ def test_translation_has_two_models_unless_shared(tmp_path: Path) -> None:
     assert sp.decode(first.tolist()) == PAIRS[0][1]
 
 
+def test_translation_source_vocabulary_can_differ_from_the_target(tmp_path: Path) -> None:
+    rows = [{"src": s, "tgt": t} for s, t in PAIRS]
+    for split in ("train", "val", "test"):
+        write_jsonl(tmp_path / "raw" / f"{split}.jsonl", rows)
+    cfg = TranslationTokenize(vocab_size=40, source_vocab_size=46)
+    result = run_tokenize(Task.translation, cfg, tmp_path / "raw", tmp_path / "tok")
+    assert (result.stats["src.vocab_size"], result.stats["tgt.vocab_size"]) == (46, 40)
+    with pytest.raises(ValueError, match="source_vocab_size needs shared: false"):
+        TranslationTokenize(shared=True, source_vocab_size=60)
+
+
 def test_language_model_counts_characters(tmp_path: Path) -> None:
     docs = [{"title": f"Play {i}", "text": "\n".join(SONNET[i::3])} for i in range(3)]
     for split, doc in zip(("train", "val", "test"), docs, strict=True):
