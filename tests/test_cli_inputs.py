@@ -147,3 +147,28 @@ def test_translate_prints_each_source_beside_its_translation(
     assert rows == [[source, text] for source, text in zip(SENTENCES, expected, strict=True)]
     assert table(outputs[1].stdout) == table(outputs[0].stdout)
     assert table(outputs[2].stdout) == table(outputs[0].stdout)
+
+
+@pytest.mark.slow
+def test_translate_decodes_with_the_params_eos_penalty(
+    translator: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate.translation.eos_penalty in params.yaml reaches the decoder the command runs."""
+    import pipeline.tasks.translation.translate as translate_module
+
+    model, params = translator
+    tree = yaml.safe_load(params.read_text())
+    set_key(tree, "evaluate.translation.eos_penalty", 7.5)
+    penalised = tmp_path / "params.yaml"
+    penalised.write_text(yaml.safe_dump(tree, sort_keys=False))
+    real, penalties = translate_module.decode_sequences, []
+
+    def recording(*args: Any) -> Any:
+        penalties.append(args[-1])  # (model, sources, beam, max_len, alpha, batch, eos_penalty)
+        return real(*args)
+
+    monkeypatch.setattr(translate_module, "decode_sequences", recording)
+    command = ["translate", "--model", str(model), "--params", str(penalised), "--beam-size", "1"]
+    result = run_cli([*command, *SENTENCES])
+    assert result.exit_code == 0, result.output
+    assert penalties == [7.5]
