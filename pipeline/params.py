@@ -360,6 +360,21 @@ class TranslationTokenize(SentencePieceParams):
         le=200_000,
         description="The source model's vocabulary (null: vocab_size, which sizes the target's).",
     )
+    sampled_copies: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description=(
+            "Extra copies of every training pair, each segmented by sampling (subword "
+            "regularisation, Kudo 2018); validation and test keep the best segmentation."
+        ),
+    )
+    sampling_alpha: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="Smoothing of the sampled segmentations (smaller: more varied pieces).",
+    )
 
     @model_validator(mode="after")
     def _one_size_when_shared(self) -> TranslationTokenize:

@@ -8,7 +8,8 @@ every line. Outputs (see `pipeline/core/corpus.py` for the npz layout):
 - language_model: `spm.model`; `{split}.npz` with `tokens` (one play each) and `chars`
   (characters per play, for bits-per-character).
 - translation: `src.model`, `tgt.model` (the same model twice when `shared`); `{split}.npz`
-  with `src` and `tgt` (targets without BOS/EOS; training adds them).
+  with `src` and `tgt` (targets without BOS/EOS; training adds them). With `sampled_copies`,
+  train holds the pairs once as best segmented, then that many times as sampled.
 """
 
 from __future__ import annotations
@@ -157,6 +158,28 @@ def _tokenize_language_model(
     return stats
 
 
+def sampled_segmentations(
+    sp: spm.SentencePieceProcessor, texts: Sequence[str], cfg: TranslationTokenize
+) -> list[list[int]]:
+    """`cfg.sampled_copies` sampled segmentations of every text, one copy after another.
+
+    Subword regularisation: the model sees "Bahnhof" as one piece in one copy and as
+    "Bahn" + "hof" in another, so rare pieces' parts get trained too. One thread and a fixed
+    seed keep the draws reproducible.
+    """
+    spm.set_random_generator_seed(cfg.seed)
+    draws: list[list[int]] = []
+    for _ in range(cfg.sampled_copies):
+        draws += sp.encode(
+            list(texts),
+            enable_sampling=True,
+            nbest_size=-1,
+            alpha=cfg.sampling_alpha,
+            num_threads=1,
+        )
+    return draws
+
+
 def _tokenize_translation(
     cfg: TranslationTokenize, splits: dict[str, list[dict[str, Any]]], out: Path
 ) -> dict[str, float]:
@@ -177,6 +200,9 @@ def _tokenize_translation(
     for split, rows in splits.items():
         src = src_sp.encode([r["src"] for r in rows])
         tgt = tgt_sp.encode([r["tgt"] for r in rows])
+        if split == "train" and cfg.sampled_copies:
+            src += sampled_segmentations(src_sp, [r["src"] for r in rows], cfg)
+            tgt += sampled_segmentations(tgt_sp, [r["tgt"] for r in rows], cfg)
         save_npz(out / f"{split}.npz", {**_ragged("src", src), **_ragged("tgt", tgt)})
         stats |= sequence_stats(f"{split}.src", src) | sequence_stats(f"{split}.tgt", tgt)
     return stats

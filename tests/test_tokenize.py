@@ -141,6 +141,31 @@ def test_translation_source_vocabulary_can_differ_from_the_target(tmp_path: Path
         TranslationTokenize(shared=True, source_vocab_size=60)
 
 
+def test_sampled_copies_add_other_segmentations_of_the_train_pairs(tmp_path: Path) -> None:
+    rows = [{"src": s, "tgt": t} for s, t in PAIRS]
+    for split in ("train", "val", "test"):
+        write_jsonl(tmp_path / "raw" / f"{split}.jsonl", rows)
+    cfg = TranslationTokenize(vocab_size=60, sampled_copies=3, sampling_alpha=0.1)
+    run_tokenize(Task.translation, cfg, tmp_path / "raw", tmp_path / "tok")
+    plain = TranslationTokenize(vocab_size=60)
+    run_tokenize(Task.translation, plain, tmp_path / "raw", tmp_path / "plain")
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "tok" / "src.model"))
+
+    def sources(folder: str, split: str) -> list[list[int]]:
+        data = load_npz(tmp_path / folder / f"{split}.npz")
+        return [s.tolist() for s in unpack(data["src_ids"], data["src_offsets"])]
+
+    train, best = sources("tok", "train"), sources("plain", "train")
+    n = len(rows)
+    assert len(train) == 4 * n and train[:n] == best  # best segmentation first, then 3 draws
+    assert sources("tok", "val") == sources("plain", "val")  # evaluation splits untouched
+    draws = train[n:]
+    assert [sp.decode(ids) for ids in draws] == [sp.decode(ids) for ids in best] * 3
+    assert sum(d != b for d, b in zip(draws, best * 3, strict=True)) > n // 2  # they do vary
+    run_tokenize(Task.translation, cfg, tmp_path / "raw", tmp_path / "again")
+    assert sources("again", "train") == train  # seeded: the same draws every run
+
+
 def test_language_model_counts_characters(tmp_path: Path) -> None:
     docs = [{"title": f"Play {i}", "text": "\n".join(SONNET[i::3])} for i in range(3)]
     for split, doc in zip(("train", "val", "test"), docs, strict=True):
