@@ -103,3 +103,22 @@ def test_evaluation_reads_whole_reviews(tiny_data) -> None:
     for full, short in zip(whole, cut, strict=True):
         np.testing.assert_array_equal(short, full[-8:])
     np.testing.assert_array_equal(labels, same_labels)
+
+
+def test_compiled_batches_are_padded_to_bucket_edges() -> None:
+    """Under XLA each batch is padded to its length bucket's edge: one compiled shape per bucket."""
+    from pipeline.tasks.classification.data import make_dataset, padded_lengths
+
+    assert padded_lengths(400) == [16, 32, 64, 128, 256, 400]
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(1, 50, size=n).astype("int32") for n in rng.integers(1, 101, size=200)]
+    labels = rng.integers(0, 2, size=200).astype("float32")
+    shapes, kept = set(), {}
+    for jit in (True, False):
+        cfg = ClassificationTrain(max_len=100, batch_size=16, jit_compile=jit)
+        batches = list(make_dataset(seqs, labels, cfg, shuffle=True))
+        shapes |= {(jit, int(tokens.shape[1])) for tokens, _ in batches}
+        kept[jit] = sorted(int(n) for t, _ in batches for n in (t.numpy() != 0).sum(axis=1))
+    assert kept[True] == kept[False] == sorted(map(len, seqs))  # padding adds only pads
+    assert {n for jit, n in shapes if jit} <= {16, 32, 64, 100}
+    assert len({n for jit, n in shapes if not jit}) > 4  # uncompiled: each batch's own longest

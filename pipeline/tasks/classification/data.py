@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from pipeline.core.corpus import TOKENIZER, CorruptInput, check_ids, load_npz, unpack
-from pipeline.core.datasets import batches, pad_batch, ragged, slices, truncate
+from pipeline.core.datasets import batches, bucket_boundaries, pad_batch, ragged, slices, truncate
 from pipeline.params import ClassificationTrain
 
 
@@ -27,14 +28,26 @@ def load_split(
     return seqs, data["labels"].astype(np.float32)
 
 
-LENGTH_STEP = 32  # under XLA every distinct batch shape compiles once: few shapes, few compiles
+def padded_lengths(max_len: int) -> list[int]:
+    """The time lengths batches are padded to under XLA: the bucket edges, then `max_len`.
+
+    XLA compiles once per distinct batch shape (2-3 s each for the pooled GRU on CPU); a batch
+    from a length bucket is nearly as long as the bucket's edge anyway, so padding it there
+    costs little compute and leaves one shape per bucket.
+    """
+    return [*bucket_boundaries(max_len), max_len]
 
 
-def pad_to_step(tokens: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Pad a batch's time axis up to a multiple of LENGTH_STEP (extra pads are masked)."""
-    length = tf.shape(tokens)[1]
-    extra = (LENGTH_STEP - length % LENGTH_STEP) % LENGTH_STEP
-    return tf.pad(tokens, [[0, 0], [0, extra]]), labels
+def pad_to_edge(edges: list[int]) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """A batch map padding the time axis to the first edge that holds it (extra pads are masked)."""
+    bounds = tf.constant(edges, dtype=tf.int32)
+
+    def pad(tokens: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        length = tf.shape(tokens)[1]
+        edge = bounds[tf.minimum(tf.searchsorted(bounds, [length])[0], len(edges) - 1)]
+        return tf.pad(tokens, [[0, 0], [0, tf.maximum(edge - length, 0)]]), labels
+
+    return pad
 
 
 def make_dataset(
@@ -43,7 +56,9 @@ def make_dataset(
     """(tokens, label) batches, padded with PAD=0 (masked by the model)."""
     ds = slices(ragged(seqs), labels)
     ds = batches(ds, cfg, np.fromiter(map(len, seqs), dtype=np.int64), shuffle)
-    return ds.map(pad_to_step, num_parallel_calls=tf.data.AUTOTUNE) if cfg.jit_compile else ds
+    if not cfg.jit_compile:
+        return ds
+    return ds.map(pad_to_edge(padded_lengths(cfg.max_len)), num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def probe_batch(
