@@ -93,20 +93,6 @@ def test_metrics_from_token_losses_hand_computed() -> None:
     assert metrics["test.tokens"] == 2
 
 
-def test_perplexity_metric_and_loss_ignore_padding() -> None:
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(3, 5, 11)).astype(np.float32)
-    targets = rng.integers(1, 11, size=(3, 5)).astype(np.int32)
-    targets[0, 3:] = PAD_ID
-    real = targets != PAD_ID
-    nll = -np.take_along_axis(log_softmax(logits), targets[..., None], axis=-1)[..., 0]
-    metric = lmtrain.Perplexity()
-    metric.update_state(targets, logits)
-    assert float(metric.result()) == pytest.approx(math.exp(nll[real].mean()), rel=1e-5)
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID)
-    assert float(loss(targets, logits)) == pytest.approx(nll[real].mean(), rel=1e-5)
-
-
 def test_probe_loss_is_the_last_position_per_example() -> None:
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(4, 6, 9)).astype(np.float32)

@@ -9,7 +9,8 @@ import sentencepiece as spm
 import tensorflow as tf
 
 from pipeline.core.corpus import TOKENIZER
-from pipeline.core.tokens import NEWLINE, PAD_ID
+from pipeline.core.token_loss import Perplexity, TokenAccuracy, TokenCrossEntropy
+from pipeline.core.tokens import NEWLINE
 from pipeline.core.tracking import StageRun
 from pipeline.core.trainer import TrainingSetup
 from pipeline.params import LanguageModelTrain
@@ -29,26 +30,6 @@ def last_token_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     return keras.losses.sparse_categorical_crossentropy(
         y_true[:, -1], y_pred[:, -1, :], from_logits=True
     )
-
-
-class Perplexity(keras.metrics.Metric):
-    """exp(mean cross-entropy per non-pad target token), accumulated over the epoch."""
-
-    def __init__(self, name: str = "perplexity", **kwargs):
-        super().__init__(name=name, **kwargs)
-        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
-        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
-
-    def update_state(self, y_true, y_pred, sample_weight=None) -> None:
-        """Add the batch's summed token losses and its number of real targets."""
-        valid = tf.cast(tf.not_equal(y_true, PAD_ID), self.dtype)
-        losses = keras.losses.sparse_categorical_crossentropy(y_true, y_pred, from_logits=True)
-        self.total.assign_add(tf.reduce_sum(tf.cast(losses, self.dtype) * valid))
-        self.count.assign_add(tf.reduce_sum(valid))
-
-    def result(self) -> tf.Tensor:
-        """Perplexity so far (1.0 before any token)."""
-        return tf.exp(tf.math.divide_no_nan(self.total, self.count))
 
 
 def sample_reporter(cfg: LanguageModelTrain, sp: spm.SentencePieceProcessor):
@@ -82,8 +63,8 @@ def setup(cfg: LanguageModelTrain, data_dir: Path) -> TrainingSetup:
     probe_x, probe_y = probe_windows(val_rows, cfg.probe_batch_size)
     return TrainingSetup(
         model=build_language_model(cfg, sp.get_piece_size()),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=PAD_ID),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"), Perplexity()],
+        loss=TokenCrossEntropy(),
+        metrics=[TokenAccuracy(name="accuracy"), Perplexity()],
         train=make_dataset(train_rows, cfg, shuffle=True),
         val=make_dataset(val_rows, cfg, shuffle=False),
         probe_inputs=probe_x,
