@@ -82,10 +82,12 @@ def test_metrics_count_real_tokens_over_batches_and_weights() -> None:
     hits = (logits.argmax(axis=-1) == targets)[real]
     assert float(perplexity.result()) == pytest.approx(math.exp(nll.mean()), rel=1e-5)
     assert float(accuracy.result()) == pytest.approx(hits.mean(), rel=1e-6)
-    weighted = TokenAccuracy()
-    weighted.update_state(t1, l1, sample_weight=np.asarray([1.0, 0.0, 1.0], np.float32)[:, None])
     keep = (t1 != PAD_ID) & (np.arange(3) != 1)[:, None]
-    assert float(weighted.result()) == pytest.approx((l1.argmax(-1) == t1)[keep].mean(), rel=1e-6)
+    for weights in (np.asarray([1.0, 0.0, 1.0], np.float32), keep.astype(np.float32)):
+        weighted = TokenAccuracy()
+        weighted.update_state(t1, l1, sample_weight=weights)
+        expected = (l1.argmax(-1) == t1)[keep].mean()
+        assert float(weighted.result()) == pytest.approx(expected, rel=1e-6)
     assert float(Perplexity().result()) == 1.0  # nothing seen yet
 
 

@@ -92,8 +92,11 @@ class _TokenStatistic(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None) -> None:
         """Add the batch's sums over its real target tokens."""
         weight = tf.ones(tf.shape(y_true), tf.float32)
-        if sample_weight is not None:
-            weight = weight * tf.cast(sample_weight, tf.float32)
+        if sample_weight is not None:  # per token, or per sequence
+            sample_weight = tf.cast(sample_weight, tf.float32)
+            if sample_weight.shape.rank == 1:
+                sample_weight = sample_weight[:, None]
+            weight = weight * sample_weight
         nll, hits, count = token_counts(y_true, y_pred, weight)
         self.total.assign_add(tf.cast(self.numerator(nll, hits), self.dtype))
         self.count.assign_add(tf.cast(count, self.dtype))
