@@ -13,7 +13,6 @@ import pytest
 
 from pipeline.core.corpus import read_jsonl
 from pipeline.core.recurrent import word_dropout
-from pipeline.core.token_loss import TokenAccuracy, TokenCrossEntropy
 from pipeline.core.tokens import BOS_ID, EOS_ID
 from pipeline.params import (
     Task,
@@ -71,7 +70,7 @@ def test_losses_ignore_padding() -> None:
     scrambled = logits.copy()
     scrambled[1, 2] = 50.0  # a pad position
     for values in (logits, scrambled):
-        mean = float(TokenCrossEntropy()(targets, values))
+        mean = float(trtrain.token_loss()(targets, values))
         assert mean == pytest.approx(tokens[real].mean(), rel=1e-5)
         per_example = np.asarray(trtrain.per_example_loss(targets, values))
         np.testing.assert_allclose(per_example, (tokens * real).sum(axis=1), rtol=1e-5)
@@ -83,10 +82,10 @@ def test_label_smoothing_mixes_uniform_cross_entropy_over_real_tokens() -> None:
     real = targets != 0
     log_probs = logits - np.log(np.exp(logits).sum(axis=-1, keepdims=True))
     expected = 0.8 * manual_cross_entropy(targets, logits) - 0.2 * log_probs.mean(axis=-1)
-    smoothed = float(TokenCrossEntropy(0.2)(targets, logits))
+    smoothed = float(trtrain.token_loss(0.2)(targets, logits))
     assert smoothed == pytest.approx(expected[real].mean(), rel=1e-5)
-    plain = float(TokenCrossEntropy(0.0)(targets, logits))
-    assert plain == pytest.approx(float(TokenCrossEntropy()(targets, logits)), rel=1e-5)
+    plain = float(trtrain.SmoothedTokenLoss(0.0)(targets, logits))
+    assert plain == pytest.approx(float(trtrain.token_loss()(targets, logits)), rel=1e-5)
 
 
 def test_word_dropout_zeroes_whole_tokens_in_training_only() -> None:
@@ -146,7 +145,7 @@ def test_token_accuracy_ignores_padding() -> None:
     targets = np.asarray([[4, 5, 3], [6, 0, 0]], dtype=np.int32)
     predicted = np.asarray([[4, 5, 7], [8, 0, 0]])
     logits = keras.ops.one_hot(predicted, 9).numpy()
-    metric = TokenAccuracy()
+    metric = trdata.TokenAccuracy()
     metric.update_state(targets, logits)
     assert float(metric.result()) == pytest.approx(2 / 4)
 
@@ -265,7 +264,7 @@ def validation_loss(model: keras.Model, data_dir: Path, cfg: TranslationTrain) -
     """Mean token loss of `model` on the validation pairs."""
     pairs = trdata.load_pairs(data_dir, "val", cfg.max_len)
     inputs, targets = trdata.model_inputs(*pairs)
-    return float(TokenCrossEntropy()(targets, model(inputs)))
+    return float(trtrain.token_loss()(targets, model(inputs)))
 
 
 @pytest.fixture(scope="module")
