@@ -13,6 +13,7 @@ import pytest
 
 from pipeline.core.corpus import read_jsonl
 from pipeline.core.recurrent import word_dropout
+from pipeline.core.token_loss import TokenAccuracy
 from pipeline.core.tokens import BOS_ID, EOS_ID
 from pipeline.params import (
     Task,
@@ -145,7 +146,7 @@ def test_token_accuracy_ignores_padding() -> None:
     targets = np.asarray([[4, 5, 3], [6, 0, 0]], dtype=np.int32)
     predicted = np.asarray([[4, 5, 7], [8, 0, 0]])
     logits = keras.ops.one_hot(predicted, 9).numpy()
-    metric = trdata.TokenAccuracy()
+    metric = TokenAccuracy()
     metric.update_state(targets, logits)
     assert float(metric.result()) == pytest.approx(2 / 4)
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 import numpy as np
 import sentencepiece as spm
 import tensorflow as tf
-from keras import ops
 
 from pipeline.core.corpus import SOURCE_TOKENIZER, TARGET_TOKENIZER, check_ids, load_npz, unpack
 from pipeline.core.datasets import batches, pad_batch, ragged, slices, truncate
-from pipeline.core.tokens import BOS_ID, EOS_ID, PAD_ID
+from pipeline.core.tokens import BOS_ID, EOS_ID
 from pipeline.params import TranslationTrain
 from pipeline.tasks.translation.model import SOURCE, TARGET_IN
 
@@ -72,24 +70,6 @@ def probe_batch(
     """Fixed validation pairs with the longest sources, so the probe sees long sentences."""
     order = sorted(range(len(source)), key=lambda i: (-len(source[i]), i))[:size]
     return model_inputs([source[i] for i in order], [target[i] for i in order])
-
-
-class TokenAccuracy(keras.metrics.Mean):
-    """Fraction of non-PAD target tokens whose argmax prediction is right."""
-
-    def __init__(self, name: str = "token_accuracy", **kwargs):
-        super().__init__(name=name, **kwargs)
-
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        """Average hits over the positions where the target is not PAD."""
-        y_true = ops.cast(y_true, "int32")
-        hits = ops.cast(
-            ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y_true), "float32"
-        )
-        weight = ops.cast(ops.not_equal(y_true, PAD_ID), "float32")
-        if sample_weight is not None:
-            weight = weight * ops.cast(sample_weight, "float32")
-        return super().update_state(hits, sample_weight=weight)
 
 
 def vocab_sizes(data_dir: Path) -> tuple[int, int]:

@@ -8,8 +8,9 @@ import keras
 import numpy as np
 
 from pipeline.core.corpus import read_jsonl
+from pipeline.core.token_loss import TokenAccuracy
 from pipeline.params import TranslationEvaluate, TranslationTrain
-from pipeline.tasks.translation.data import TokenAccuracy, load_pairs, model_inputs
+from pipeline.tasks.translation.data import load_pairs, model_inputs
 from pipeline.tasks.translation.decoding import Hypothesis
 from pipeline.tasks.translation.lexicon import learn_lexicon, translate_all
 from pipeline.tasks.translation.reports import attention_figure, write_table

@@ -9,12 +9,12 @@ import tensorflow as tf
 from keras import ops
 
 from pipeline.core.corpus import SOURCE_TOKENIZER, TARGET_TOKENIZER
+from pipeline.core.token_loss import TokenAccuracy
 from pipeline.core.tokens import PAD_ID
 from pipeline.core.tracking import StageRun
 from pipeline.core.trainer import TrainingSetup
 from pipeline.params import TranslationTrain
 from pipeline.tasks.translation.data import (
-    TokenAccuracy,
     load_pairs,
     make_dataset,
     probe_batch,
