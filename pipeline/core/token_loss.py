@@ -4,8 +4,9 @@ The language model and the translator score every target position against the wh
 vocabulary. On CPU that softmax cross-entropy, not the recurrence, is the dearest part of the
 language model's step, and Keras's accuracy metric and a perplexity metric written with Keras
 ops each pass over the logits again (the latter in bfloat16 under mixed precision). Here the
-loss is one XLA-compiled pass (a log-sum-exp in float32 and a gather), and both metrics share
-one more; `benchmarks/token_loss.py` times a step each way (README "Benchmarks").
+loss is one XLA-compiled pass (a log-sum-exp in float32 and a gather), and each metric one
+compiled pass of `token_counts`; `benchmarks/token_loss.py` times a step each way (README
+"Benchmarks").
 """
 
 from __future__ import annotations
