@@ -41,6 +41,10 @@ def main(
     eos_penalties: Annotated[
         list[float] | None, typer.Option("--eos-penalty", help="EOS penalties (repeatable).")
     ] = None,
+    coverages: Annotated[
+        list[float] | None,
+        typer.Option("--coverage", help="Coverage penalties beta, beam only (repeatable)."),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Write results as JSON here.")] = None,
 ) -> None:
     """Score greedy and beam decoding of validation and test for each setting."""
@@ -53,24 +57,36 @@ def main(
     train, evaluate = params.train.section(Task.translation), params.evaluate.translation
     translator = load_translator(ROOT / "models/translation")
     settings = [
-        (b, a, e)
+        (b, a, e, c)
         for e in eos_penalties or [0.0]
-        for b, a in [(1, 0.0)] + [(b, a) for b in beams or [2, 4] for a in alphas or [0.6, 1, 2, 3]]
+        for b, a, c in [(1, 0.0, 0.0)]
+        + [
+            (b, a, c)
+            for b in beams or [2, 4]
+            for a in alphas or [0.6, 1, 2, 3]
+            for c in coverages or [0.0]
+        ]
     ]
     result: dict = {"model": "models/translation", "decode_max_len": evaluate.decode_max_len}
     for split in ("val", "test"):
         sources, _ = load_pairs(ROOT / "data/tokenized/translation", split, train.max_len)
         references = [r["tgt"] for r in read_jsonl(ROOT / f"data/raw/translation/{split}.jsonl")]
         rows = result.setdefault(split, {"sentences": len(references), "settings": []})
-        for beam, alpha, eos in settings:
+        for beam, alpha, eos, beta in settings:
             ids = translator.decode_ids(
-                sources, beam, evaluate.decode_max_len, alpha, eos_penalty=eos
+                sources,
+                beam,
+                evaluate.decode_max_len,
+                alpha,
+                eos_penalty=eos,
+                coverage_penalty=beta,
             )
             row = {"beam_size": beam, "length_penalty": alpha, "eos_penalty": eos}
+            row["coverage_penalty"] = beta
             row |= score(translator.detokenize(ids), references)
             rows["settings"].append(row)
             print(
-                f"{split:<5} beam {beam} alpha {alpha:<4} eos {eos:<4} "
+                f"{split:<5} beam {beam} alpha {alpha:<4} eos {eos:<4} beta {beta:<4} "
                 + " ".join(f"{k} {row[k]:.3f}" for k in ("bleu", "chrf", "length_ratio")),
                 flush=True,
             )
@@ -78,7 +94,7 @@ def main(
         (r for r in result["val"]["settings"] if r["beam_size"] > 1), key=lambda r: r["bleu"]
     )
     result["best_beam_on_val"] = {
-        key: best[key] for key in ("beam_size", "length_penalty", "eos_penalty")
+        key: best[key] for key in ("beam_size", "length_penalty", "eos_penalty", "coverage_penalty")
     }
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
     if out:

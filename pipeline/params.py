@@ -709,6 +709,13 @@ class TranslationEvaluate(Section):
     eos_penalty: float = Field(
         0.0, ge=0, le=20, description="Nats taken from EOS's log-probability at every step."
     )
+    coverage_penalty: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="GNMT coverage weight beta: beam search ranks finished hypotheses that left "
+        "source words unattended lower (0: off).",
+    )
     decode_max_len: int = Field(40, ge=1, description="Maximum generated target tokens.")
     examples: int = Field(50, ge=0, description="Test sentences in the examples table.")
     attention_maps: int = Field(3, ge=0, description="Test sentences drawn as attention heatmaps.")

@@ -142,7 +142,7 @@ def test_translate_prints_each_source_beside_its_translation(
         assert result.exit_code == 0, result.output
     header, *rows = table(outputs[0].stdout)
     assert header == ["source", "translation"]
-    decoding = cfg.decode_max_len, cfg.length_penalty, cfg.eos_penalty
+    decoding = cfg.decode_max_len, cfg.length_penalty, cfg.eos_penalty, cfg.coverage_penalty
     expected = translate(model, SENTENCES, 2, *decoding)
     assert rows == [[source, text] for source, text in zip(SENTENCES, expected, strict=True)]
     assert table(outputs[1].stdout) == table(outputs[0].stdout)
@@ -150,25 +150,26 @@ def test_translate_prints_each_source_beside_its_translation(
 
 
 @pytest.mark.slow
-def test_translate_decodes_with_the_params_eos_penalty(
+def test_translate_decodes_with_the_params_eos_and_coverage_penalties(
     translator: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """evaluate.translation.eos_penalty in params.yaml reaches the decoder the command runs."""
+    """evaluate.translation.eos_penalty and coverage_penalty reach the decoder the command runs."""
     import pipeline.tasks.translation.translate as translate_module
 
     model, params = translator
     tree = yaml.safe_load(params.read_text())
     set_key(tree, "evaluate.translation.eos_penalty", 7.5)
+    set_key(tree, "evaluate.translation.coverage_penalty", 0.25)
     penalised = tmp_path / "params.yaml"
     penalised.write_text(yaml.safe_dump(tree, sort_keys=False))
     real, penalties = translate_module.decode_sequences, []
 
     def recording(*args: Any) -> Any:
-        penalties.append(args[-1])  # (model, sources, beam, max_len, alpha, batch, eos_penalty)
+        penalties.append(args[-2:])  # (model, sources, beam, max_len, alpha, batch, eos, beta)
         return real(*args)
 
     monkeypatch.setattr(translate_module, "decode_sequences", recording)
-    command = ["translate", "--model", str(model), "--params", str(penalised), "--beam-size", "1"]
+    command = ["translate", "--model", str(model), "--params", str(penalised), "--beam-size", "2"]
     result = run_cli([*command, *SENTENCES])
     assert result.exit_code == 0, result.output
-    assert penalties == [7.5]
+    assert penalties == [(7.5, 0.25)]

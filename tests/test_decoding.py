@@ -14,6 +14,7 @@ from pipeline.tasks.translation.decoding import (
     Arrays,
     KerasStepModel,
     beam_decode,
+    coverage,
     decode_sequences,
     greedy_decode,
     length_penalty,
@@ -58,6 +59,20 @@ class CopyStepModel:
         log_probs = np.full((len(source), VOCAB), math.log(0.01 / (VOCAB - 1)))
         log_probs[np.arange(len(source)), wanted] = math.log(0.99)
         return log_probs, {"position": position + 1}, None
+
+
+class AttendingStepModel(MarkovStepModel):
+    """A Markov decoder that attends to source position 1 after B and to position 0 otherwise."""
+
+    def encode(self, sources: np.ndarray) -> tuple[Arrays, Arrays]:
+        """The source's width is all the attention needs."""
+        return {"source": sources}, {"rows": np.zeros((len(sources), 1))}
+
+    def step(self, tokens: np.ndarray, context: Arrays, states: Arrays):
+        """Markov log-probabilities plus one-hot attention chosen by the previous token."""
+        weights = np.zeros((len(tokens), context["source"].shape[1]))
+        weights[np.arange(len(tokens)), np.where(tokens == B, 1, 0)] = 1.0
+        return self.log_table[tokens], states, weights
 
 
 # Greedy takes A (0.5) but then has only weak continuations; B (0.4) is followed by EOS (0.9).
@@ -121,6 +136,22 @@ def test_eos_penalty_makes_greedy_and_beam_write_longer() -> None:
     penalised = beam_decode(beam_model, source, 2, 5, alpha=0.0, eos_penalty=0.5)[0]
     assert penalised.tokens == [A]
     assert penalised.log_prob == pytest.approx(math.log(0.35 * 0.95) - 0.5)
+
+
+def test_coverage_penalty_prefers_the_hypothesis_that_reads_the_whole_source() -> None:
+    """A EOS (log .5) attends only to source position 0, B EOS (log .45) to both; beta > 0
+    ranks B first, and a PAD column (never attended) costs nothing."""
+    model = AttendingStepModel(
+        {BOS_ID: {A: 0.5, B: 0.45, C: 0.05}, A: {EOS_ID: 1.0}, B: {EOS_ID: 1.0}}
+    )
+    source = np.asarray([[A, B, PAD_ID]], dtype=np.int32)
+    assert beam_decode(model, source, 2, 5, alpha=0.0)[0].tokens == [A]
+    covered = beam_decode(model, source, 2, 5, alpha=0.0, coverage_penalty=0.2)[0]
+    assert covered.tokens == [B]
+    assert covered.score == pytest.approx(math.log(0.45))  # both real positions got weight 1
+    missed = np.asarray([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    assert coverage(missed, np.asarray([True, True, False])) == pytest.approx(math.log(1e-9))
+    assert coverage(missed, np.asarray([True, False, False])) == 0.0
 
 
 def test_max_len_and_forbidden_tokens() -> None:

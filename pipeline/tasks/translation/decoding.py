@@ -15,6 +15,12 @@ With beam 1 every step keeps the single best token, exactly as greedy does.
 constant cost of stopping (Murray & Chiang 2018's word reward, in effect): a model that ends
 its sentences too early, and so loses BLEU's brevity penalty and chrF's recall, writes longer
 ones. 0 decodes the model's own distribution.
+
+`coverage_penalty` (beta, beam only) adds GNMT's coverage term beta * sum_i log(min(1, sum_t
+a_ti)) to a finished hypothesis's score (Wu et al. 2016), summed over the real source positions
+i: a candidate whose attention never visited part of the source ranks lower, so among
+near-equally probable endings the search prefers the one that translated the whole sentence.
+0 ranks by log P and length alone.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ class Hypothesis:
     tokens: list[int]  # generated ids without EOS
     log_prob: float  # sum of log P of every generated token, EOS included (less eos_penalty)
     length: int  # generated tokens, EOS included (the length penalty's |Y|)
-    score: float  # log_prob / length_penalty(length, alpha)
+    score: float  # log_prob / length_penalty(length, alpha), plus beta * coverage in beam search
     attention: np.ndarray | None = None  # (length, S) weights over source positions
 
     @property
@@ -77,6 +83,28 @@ class Hypothesis:
 def length_penalty(length: int, alpha: float) -> float:
     """GNMT length penalty ((5 + |Y|) / 6)^alpha (Wu et al. 2016); 1 for alpha = 0."""
     return ((5.0 + length) / 6.0) ** alpha
+
+
+def coverage(attention: np.ndarray, source_mask: np.ndarray) -> float:
+    """GNMT's sum_i log(min(1, sum_t a_ti)) over real source positions i (0: all covered)."""
+    received = attention[:, source_mask].sum(axis=0)
+    return float(np.log(np.clip(received, 1e-9, 1.0)).sum())
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """Final score of a hypothesis: length-normalised log P plus the coverage term."""
+
+    alpha: float
+    beta: float = 0.0
+    source_mask: np.ndarray | None = None  # (B, S) True at real source tokens
+
+    def __call__(self, row: int, log_prob: float, length: int, attention: np.ndarray | None):
+        """Score sentence `row`'s hypothesis; no attention (or beta 0) leaves coverage out."""
+        score = log_prob / length_penalty(length, self.alpha)
+        if self.beta and attention is not None and self.source_mask is not None:
+            score += self.beta * coverage(attention, self.source_mask[row])
+        return score
 
 
 class KerasStepModel:
@@ -219,7 +247,7 @@ class _Beams:
         return cls(scores, np.zeros((batch, beam, 0), dtype=np.int64), None)
 
     def finish(
-        self, b: int, k: int, log_prob: float, weights: np.ndarray | None, t: int, alpha: float
+        self, b: int, k: int, log_prob: float, weights: np.ndarray | None, t: int, scorer: Scorer
     ) -> Hypothesis:
         """A finished hypothesis: slot (b, k)'s tokens followed by EOS at step t."""
         attention = None
@@ -227,7 +255,7 @@ class _Beams:
             past = self.attention[b, k] if self.attention is not None else weights[None][:0]
             attention = np.concatenate([past, weights[None]], axis=0)
         length = t + 1
-        score = log_prob / length_penalty(length, alpha)
+        score = scorer(b, log_prob, length, attention)
         return Hypothesis([int(x) for x in self.tokens[b, k]], log_prob, length, score, attention)
 
 
@@ -250,7 +278,7 @@ def _select(
     weights: np.ndarray | None,
     finished: list[list[Hypothesis]],
     t: int,
-    alpha: float,
+    scorer: Scorer,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Move EOS candidates to `finished`, keep the best others alive: (parent, token, score)."""
     parents, words, values = candidates
@@ -268,7 +296,7 @@ def _select(
             if word == EOS_ID:
                 if rank < beam:
                     row = weights[b * beam + parent] if weights is not None else None
-                    finished[b].append(beams.finish(b, parent, float(value), row, t, alpha))
+                    finished[b].append(beams.finish(b, parent, float(value), row, t, scorer))
                 continue
             keep_parent[b, alive], keep_word[b, alive], keep_score[b, alive] = parent, word, value
             alive += 1
@@ -296,7 +324,7 @@ def _advance(
     return _Beams(score, tokens, attention)
 
 
-def _unfinished(beams: _Beams, b: int, alpha: float) -> list[Hypothesis]:
+def _unfinished(beams: _Beams, b: int, scorer: Scorer) -> list[Hypothesis]:
     """Alive hypotheses of sentence b at max_len (no EOS), as candidates for the answer."""
     out = []
     for k in np.flatnonzero(np.isfinite(beams.scores[b])):
@@ -305,7 +333,7 @@ def _unfinished(beams: _Beams, b: int, alpha: float) -> list[Hypothesis]:
         weights = beams.attention[b, k] if beams.attention is not None else None
         tokens = [int(x) for x in beams.tokens[b, k]]
         out.append(
-            Hypothesis(tokens, log_prob, length, log_prob / length_penalty(length, alpha), weights)
+            Hypothesis(tokens, log_prob, length, scorer(b, log_prob, length, weights), weights)
         )
     return out
 
@@ -322,9 +350,11 @@ def beam_decode(
     max_len: int,
     alpha: float,
     eos_penalty: float = 0.0,
+    coverage_penalty: float = 0.0,
 ) -> list[Hypothesis]:
     """Beam search over a padded (B, S) batch, all beams of all sentences in one step call."""
     batch, beam = len(sources), beam_size
+    scorer = Scorer(alpha, coverage_penalty, np.asarray(sources) != PAD_ID)
     context, states = model.encode(sources)
     context = {key: repeat_rows(value, beam) for key, value in context.items()}
     states = {key: np.repeat(value, beam, axis=0) for key, value in states.items()}
@@ -335,7 +365,7 @@ def beam_decode(
         log_probs, states, weights = _next_log_probs(model, tokens, context, states, eos_penalty)
         vocab = log_probs.shape[-1]
         candidates = _top_candidates(beams.scores, log_probs.reshape(batch, beam, vocab), 2 * beam)
-        parent, word, score = _select(beams, candidates, weights, finished, t, alpha)
+        parent, word, score = _select(beams, candidates, weights, finished, t, scorer)
         beams = _advance(beams, parent, word, score, weights)
         rows = (np.arange(batch)[:, None] * beam + parent).reshape(-1)
         states = _gather(states, rows)
@@ -344,7 +374,7 @@ def beam_decode(
             break
     for b in range(batch):
         if len(finished[b]) < beam:
-            finished[b].extend(_unfinished(beams, b, alpha))
+            finished[b].extend(_unfinished(beams, b, scorer))
     return [max(hyps, key=lambda h: h.score) for hyps in finished]
 
 
@@ -359,6 +389,7 @@ def decode_sequences(
     alpha: float,
     batch_size: int = 64,
     eos_penalty: float = 0.0,
+    coverage_penalty: float = 0.0,
 ) -> list[Hypothesis]:
     """Decode many source id sequences in batches, in input order (greedy when beam is 1)."""
     out: list[Hypothesis] = []
@@ -367,5 +398,7 @@ def decode_sequences(
         if beam_size == 1:
             out.extend(greedy_decode(model, batch, max_len, alpha, eos_penalty))
         else:
-            out.extend(beam_decode(model, batch, beam_size, max_len, alpha, eos_penalty))
+            out.extend(
+                beam_decode(model, batch, beam_size, max_len, alpha, eos_penalty, coverage_penalty)
+            )
     return out

@@ -80,7 +80,13 @@ def evaluate(
     decode = eval_cfg.decode_max_len, eval_cfg.length_penalty
     eos = eval_cfg.eos_penalty
     greedy = translator.decode_ids(source, 1, *decode, eos_penalty=eos)
-    beam = translator.decode_ids(source, eval_cfg.beam_size, *decode, eos_penalty=eos)
+    beam = translator.decode_ids(
+        source,
+        eval_cfg.beam_size,
+        *decode,
+        eos_penalty=eos,
+        coverage_penalty=eval_cfg.coverage_penalty,
+    )
     greedy_text, beam_text = translator.detokenize(greedy), translator.detokenize(beam)
     metrics = corpus_scores(greedy_text, references, "test", "_greedy")
     metrics |= corpus_scores(beam_text, references, "test", "_beam")

@@ -49,10 +49,18 @@ class Translator:
         length_penalty: float = LENGTH_PENALTY,
         batch_size: int = 64,
         eos_penalty: float = 0.0,
+        coverage_penalty: float = 0.0,
     ) -> list[Hypothesis]:
         """Translate source id sequences (greedy when beam_size is 1)."""
         return decode_sequences(
-            self.step_model, sources, beam_size, max_len, length_penalty, batch_size, eos_penalty
+            self.step_model,
+            sources,
+            beam_size,
+            max_len,
+            length_penalty,
+            batch_size,
+            eos_penalty,
+            coverage_penalty,
         )
 
     def detokenize(self, hypotheses: Sequence[Hypothesis]) -> list[str]:
@@ -76,13 +84,19 @@ def translate_texts(
     max_len: int = DECODE_MAX_LEN,
     length_penalty: float = LENGTH_PENALTY,
     eos_penalty: float = 0.0,
+    coverage_penalty: float = 0.0,
 ) -> list[str]:
     """Translate raw sentences; blank ones come back as empty strings without decoding."""
     texts = [sentence.strip() for sentence in sentences]
     todo = [i for i, text in enumerate(texts) if text]
     ids = [np.asarray(translator.source.encode(texts[i]), dtype=np.int32) for i in todo]
     hypotheses = translator.decode_ids(
-        ids, beam_size, max_len, length_penalty, eos_penalty=eos_penalty
+        ids,
+        beam_size,
+        max_len,
+        length_penalty,
+        eos_penalty=eos_penalty,
+        coverage_penalty=coverage_penalty,
     )
     out = [""] * len(texts)
     for i, text in zip(todo, translator.detokenize(hypotheses), strict=True):
@@ -97,8 +111,10 @@ def translate(
     max_len: int = DECODE_MAX_LEN,
     length_penalty: float = LENGTH_PENALTY,
     eos_penalty: float = 0.0,
+    coverage_penalty: float = 0.0,
 ) -> list[str]:
     """Load `model_dir` and translate German sentences to English."""
+    translator = load_translator(model_dir)
     return translate_texts(
-        load_translator(model_dir), sentences, beam_size, max_len, length_penalty, eos_penalty
+        translator, sentences, beam_size, max_len, length_penalty, eos_penalty, coverage_penalty
     )
