@@ -12,7 +12,15 @@ same batches after a warm-up step; variants interleave, `--repeats` times, media
 - `token_loss`: the task's own `TokenCrossEntropy` with `TokenAccuracy` and `Perplexity`;
 - `token_loss_no_metrics`: that loss alone.
 
+With `--task translation` the task's own loss is the translator's padding-weighted smoothed
+loss over the compiled per-token pass, and one more variant times what it replaced:
+
+- `keras_ops_smoothed`: the same loss written with Keras ops (log-softmax, gather, mean), with
+  the task's own metrics.
+
     python benchmarks/token_loss.py --out benchmarks/results/token_loss.json
+    python benchmarks/token_loss.py --task translation --out \
+        benchmarks/results/token_loss_translation.json
 """
 
 from __future__ import annotations
@@ -69,18 +77,47 @@ def own_loss_and_metrics(setup: TrainingSetup, metrics: bool) -> tuple[object, l
     return setup.loss, setup.metrics if metrics else []
 
 
-VARIANTS: dict[str, tuple[Callable[[TrainingSetup, bool], tuple[object, list]], bool]] = {
+class KerasOpsSmoothedLoss(keras.losses.Loss):
+    """The translator's padding-weighted smoothed loss as it was written with Keras ops."""
+
+    def __init__(self, smoothing: float, **kwargs):
+        super().__init__(name="keras_ops_smoothed", **kwargs)
+        self.smoothing = smoothing
+
+    def call(self, y_true, y_pred):
+        """Smoothed per-token cross-entropy times positions / real tokens, 0 at PAD."""
+        ops = keras.ops
+        y_true = ops.cast(y_true, "int32")
+        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
+        picked = ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), axis=-1)[..., 0]
+        losses = -(1.0 - self.smoothing) * picked - self.smoothing * ops.mean(log_probs, axis=-1)
+        valid = ops.cast(ops.not_equal(y_true, PAD_ID), "float32")
+        scale = ops.cast(ops.size(valid), "float32") / ops.maximum(ops.sum(valid), 1.0)
+        return losses * valid * scale
+
+
+def keras_ops_smoothed(setup: TrainingSetup, metrics: bool) -> tuple[object, list]:
+    """The translator's previous loss (same smoothing) with the task's own metrics."""
+    smoothing = float(getattr(setup.loss, "smoothing", 0.0))
+    return KerasOpsSmoothedLoss(smoothing), setup.metrics if metrics else []
+
+
+Variant = tuple[Callable[[TrainingSetup, bool], tuple[object, list]], bool]
+VARIANTS: dict[str, Variant] = {
     "keras": (keras_loss_and_metrics, True),
     "keras_no_metrics": (keras_loss_and_metrics, False),
     "token_loss": (own_loss_and_metrics, True),
     "token_loss_no_metrics": (own_loss_and_metrics, False),
 }
+TASK_VARIANTS: dict[Task, dict[str, Variant]] = {
+    Task.translation: {"keras_ops_smoothed": (keras_ops_smoothed, True)},
+}
 
 
-def step_seconds(task: Task, cfg: TrainParams, data: Path, variant: str, steps: int) -> dict:
+def step_seconds(task: Task, cfg: TrainParams, data: Path, variant: Variant, steps: int) -> dict:
     """Median seconds per `train_on_batch` over `steps` batches, and the last step's loss."""
     setup = fresh_setup(task, cfg, data)
-    pick, metrics = VARIANTS[variant]
+    pick, metrics = variant
     loss, found = pick(setup, metrics)
     setup.model.compile(optimizer=make_optimizer(cfg), loss=loss, metrics=found)
     batches = list(setup.train.take(steps + 1))
@@ -105,11 +142,12 @@ def main(
     cfg = cfg.model_copy(update={"precision": this_machine(cfg.precision)})
     data = training_data(task)
     keras.utils.disable_interactive_logging()
-    runs: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    variants = VARIANTS | TASK_VARIANTS.get(task, {})
+    runs: dict[str, list[float]] = {name: [] for name in variants}
     load_before = os.getloadavg()[0]
     for _ in range(repeats):
-        for name in VARIANTS:
-            runs[name].append(step_seconds(task, cfg, data, name, steps)["median"])
+        for name, variant in variants.items():
+            runs[name].append(step_seconds(task, cfg, data, variant, steps)["median"])
     median = {name: statistics.median(values) for name, values in runs.items()}
     results = {
         "machine": {
@@ -125,6 +163,10 @@ def main(
         "seconds_per_step": runs,
         "median_seconds_per_step": median,
         "keras_vs_token_loss": median["keras"] / median["token_loss"],
+        **{
+            f"{name}_vs_token_loss": median[name] / median["token_loss"]
+            for name in TASK_VARIANTS.get(task, {})
+        },
         "metrics_seconds": {
             "keras": median["keras"] - median["keras_no_metrics"],
             "token_loss": median["token_loss"] - median["token_loss_no_metrics"],
@@ -132,7 +174,9 @@ def main(
     }
     for name, seconds in median.items():
         typer.echo(f"{name:<22} {1000 * seconds:7.1f} ms/step")
-    typer.echo(f"keras / token_loss: {results['keras_vs_token_loss']:.2f}x faster step")
+    for name in ("keras", *TASK_VARIANTS.get(task, {})):
+        ratio = results[f"{name}_vs_token_loss"]
+        typer.echo(f"{name} / token_loss: {ratio:.2f}x faster step")
     if out:
         out.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -10,10 +10,11 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from pipeline.core.corpus import read_jsonl
 from pipeline.core.recurrent import word_dropout
-from pipeline.core.token_loss import TokenAccuracy
+from pipeline.core.token_loss import TokenAccuracy, TokenCrossEntropy
 from pipeline.core.tokens import BOS_ID, EOS_ID
 from pipeline.params import (
     Task,
@@ -87,6 +88,43 @@ def test_label_smoothing_mixes_uniform_cross_entropy_over_real_tokens() -> None:
     assert smoothed == pytest.approx(expected[real].mean(), rel=1e-5)
     plain = float(trtrain.SmoothedTokenLoss(0.0)(targets, logits))
     assert plain == pytest.approx(float(trtrain.token_loss()(targets, logits)), rel=1e-5)
+
+
+class _UncompiledSmoothedLoss(keras.losses.Loss):
+    """The translator's padding-weighted smoothed loss written with Keras ops (the reference)."""
+
+    def call(self, y_true, y_pred):
+        """Per-token smoothed cross-entropy times positions / real tokens, 0 at PAD."""
+        y_true = keras.ops.cast(y_true, "int32")
+        log_probs = keras.ops.log_softmax(keras.ops.cast(y_pred, "float32"), axis=-1)
+        picked = keras.ops.take_along_axis(log_probs, y_true[..., None], axis=-1)[..., 0]
+        losses = -0.9 * picked - 0.1 * keras.ops.mean(log_probs, axis=-1)
+        valid = keras.ops.cast(keras.ops.not_equal(y_true, 0), "float32")
+        scale = keras.ops.cast(keras.ops.size(valid), "float32") / keras.ops.sum(valid)
+        return losses * valid * scale
+
+
+def test_compiled_smoothed_loss_matches_keras_ops_through_a_masked_model() -> None:
+    """Value and gradients of the XLA-compiled loss equal the Keras-ops formula's when the
+    logits carry the target mask, as the translator's do (its padding weighting included)."""
+    targets, _ = padded_example()
+    inputs = keras.Input((None,), dtype="int32")
+    embedded = keras.layers.Embedding(int(targets.max()) + 1, 8, mask_zero=True)(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(11)(embedded))
+    results = []
+    for loss in (trtrain.SmoothedTokenLoss(0.1), _UncompiledSmoothedLoss()):
+        with tf.GradientTape() as tape:
+            value = loss(targets, model(targets))
+        results.append((float(value), tape.gradient(value, model.trainable_variables)))
+    (compiled, compiled_grads), (reference, reference_grads) = results
+    assert compiled == pytest.approx(reference, rel=1e-5)
+    real = targets != 0
+    assert compiled > float(TokenCrossEntropy(0.1)(targets, model(targets))) * 1.01
+    assert real.size / real.sum() > 1.01  # the padding weighting is there to see
+    for ours, theirs in zip(compiled_grads, reference_grads, strict=True):
+        np.testing.assert_allclose(
+            tf.convert_to_tensor(ours), tf.convert_to_tensor(theirs), rtol=1e-4, atol=1e-7
+        )
 
 
 def test_word_dropout_zeroes_whole_tokens_in_training_only() -> None:

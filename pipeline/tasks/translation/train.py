@@ -9,7 +9,7 @@ import tensorflow as tf
 from keras import ops
 
 from pipeline.core.corpus import SOURCE_TOKENIZER, TARGET_TOKENIZER
-from pipeline.core.token_loss import TokenAccuracy
+from pipeline.core.token_loss import TokenAccuracy, token_cross_entropy
 from pipeline.core.tokens import PAD_ID
 from pipeline.core.tracking import StageRun
 from pipeline.core.trainer import TrainingSetup
@@ -47,7 +47,8 @@ class SmoothedTokenLoss(keras.losses.Loss):
     applies comes on top: a batch's loss is its real-token mean times (positions / real
     tokens), which weights batches with more padding more. The plain mean
     (`pipeline.core.token_loss.TokenCrossEntropy`) trained to lower test scores over seeds
-    42-44 (README "Where the language model's step goes"), so this loss stays as it is.
+    42-44 (README "Where the language model's step goes"), so this weighting stays; the
+    per-token losses come from the same XLA-compiled pass as that loss's.
     """
 
     def __init__(self, smoothing: float, name: str = "smoothed_token_loss", **kwargs):
@@ -56,13 +57,10 @@ class SmoothedTokenLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         """Per-token losses times the batch's positions over its real tokens (see the class)."""
-        y_true = ops.cast(y_true, "int32")
-        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
-        picked = ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), axis=-1)[..., 0]
-        losses = -(1.0 - self.smoothing) * picked - self.smoothing * ops.mean(log_probs, axis=-1)
-        valid = ops.cast(ops.not_equal(y_true, PAD_ID), "float32")
+        losses = token_cross_entropy(y_true, y_pred, self.smoothing)  # 0 at PAD
+        valid = ops.cast(ops.not_equal(ops.cast(y_true, "int32"), PAD_ID), "float32")
         scale = ops.cast(ops.size(valid), "float32") / ops.maximum(ops.sum(valid), 1.0)
-        return losses * valid * scale
+        return losses * scale
 
     def get_config(self) -> dict:
         """Serializable with its smoothing."""
