@@ -99,7 +99,9 @@ class Scorer:
     beta: float = 0.0
     source_mask: np.ndarray | None = None  # (B, S) True at real source tokens
 
-    def __call__(self, row: int, log_prob: float, length: int, attention: np.ndarray | None):
+    def __call__(
+        self, row: int, log_prob: float, length: int, attention: np.ndarray | None
+    ) -> float:
         """Score sentence `row`'s hypothesis; no attention (or beta 0) leaves coverage out."""
         score = log_prob / length_penalty(length, self.alpha)
         if self.beta and attention is not None and self.source_mask is not None:
