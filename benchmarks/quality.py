@@ -68,6 +68,20 @@ KEYS = {
     ),
 }
 
+# Reported when the run produced them (the language model's continuous cache is a param).
+OPTIONAL = {
+    "language_model": (
+        "test.cache_perplexity",
+        "test.cache_bpc",
+        "baseline.cache_perplexity",
+        "baseline.cache_bpc",
+        "cache_ratio",
+        "cache_ratio_vs_cached_baseline",
+        "cache.theta",
+        "cache.lambda",
+    ),
+}
+
 
 def scratch(work: Path, params: dict) -> dict[str, str]:
     """Create `work` holding `params` as params.yaml; the environment of its own MLflow store."""
@@ -137,9 +151,16 @@ def run_seed(
     results = train_and_evaluate(task, work, env, inputs)
     if task == "language_model":
         results["perplexity_ratio"] = results["test.perplexity"] / results["baseline.perplexity"]
+        if "test.cache_perplexity" in results:  # evaluate.language_model.cache_size > 0
+            cached = results["test.cache_perplexity"]
+            results["cache_ratio"] = cached / results["baseline.perplexity"]
+            results["cache_ratio_vs_cached_baseline"] = (
+                cached / results["baseline.cache_perplexity"]
+            )
     summaries = ("grad_flow/horizon/", "grad_flow/log_ratio/")
     flow = sorted(k for k in results if k.startswith(summaries))
-    return {key: float(results[key]) for key in (*KEYS[task], *flow)}
+    present = [key for key in OPTIONAL.get(task, ()) if key in results]
+    return {key: float(results[key]) for key in (*KEYS[task], *present, *flow)}
 
 
 def run_seeds(

@@ -699,6 +699,13 @@ class LanguageModelEvaluate(Section):
         description="Tokens between test windows (at most train max_len); each scores its last "
         "`stride` targets after the rest as context. None: max_len, no overlap.",
     )
+    cache_size: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="Positions of a play the continuous cache remembers (Grave et al. 2017; "
+        "its theta and lambda are chosen on validation). 0: no cache.",
+    )
 
 
 class TranslationEvaluate(Section):

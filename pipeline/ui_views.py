@@ -26,7 +26,14 @@ SHARE_PARAM = "viewStateShareKey"
 # The test metric and its baseline first, per task (the experiments are named after tasks).
 HEADLINE = {
     "classification": ("test/accuracy", "baseline/accuracy", "test/roc_auc"),
-    "language_model": ("test/perplexity", "baseline/perplexity", "test/bpc", "baseline/bpc"),
+    "language_model": (
+        "test/perplexity",
+        "baseline/perplexity",
+        "test/bpc",
+        "baseline/bpc",
+        "test/cache_perplexity",
+        "test/cache_bpc",
+    ),
     "translation": ("test/bleu_greedy", "test/bleu_beam", "baseline/bleu", "test/chrf_greedy"),
     "speech": ("test/accuracy", "baseline/accuracy", "test/macro_f1"),
     "forecasting": ("test/mase", "baseline/naive_week.mase", "baseline/ridge.mase"),

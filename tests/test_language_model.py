@@ -189,7 +189,7 @@ def test_train_then_evaluate_on_real_text(corpus: Path, mlflow_uri: str, tmp_pat
     val_rows = lmdata.windows(
         lmdata.load_streams(corpus, "val", newline)[0], TINY.max_len, TINY.max_len
     )
-    nll, _ = lmeval.token_nll(setup.model, val_rows)
+    nll, _, _ = lmeval.token_nll(setup.model, val_rows)
     untrained = float(np.nanmean(nll))
     with stage_run("language_model", "train", TINY.model_dump(mode="json")) as run:
         result = run_train(
@@ -239,6 +239,26 @@ def test_train_then_evaluate_on_real_text(corpus: Path, mlflow_uri: str, tmp_pat
         assert strided["test.tokens"] == metrics["test.tokens"]
         assert (strided["test.perplexity"] == metrics["test.perplexity"]) is same
     assert 1 < metrics["baseline.perplexity"] < 200 and metrics["baseline.bpc"] > 0
+
+    # The continuous cache: chosen on validation (where it can only help, lambda 0 being a
+    # choice), scored on the same test tokens and characters, beside the n-gram's unigram cache.
+    assert not any(key.startswith("cache.") or "cache_" in key for key in metrics)
+    model_only = {None: metrics["test.perplexity"], half: strided["test.perplexity"]}
+    for stride in (None, half):  # overlapping windows hand the cache the same play order
+        cached = lmeval.evaluate(
+            TINY,
+            EVAL.model_copy(update={"cache_size": 40, "stride": stride}),
+            tmp_path / "model",
+            corpus,
+            tmp_path / "raw",
+            tmp_path / f"reports_cache_{stride}",
+        )
+        assert cached["test.perplexity"] == model_only[stride]
+        assert cached["val.cache_perplexity"] <= cached["val.perplexity"] * (1 + 1e-9)
+        assert 0 <= cached["cache.lambda"] <= 0.6 and cached["cache.theta"] >= 0
+        ratio = math.log(cached["test.cache_perplexity"]) / math.log(cached["test.perplexity"])
+        assert cached["test.cache_bpc"] / cached["test.bpc"] == pytest.approx(ratio, rel=1e-9)
+        assert 1 < cached["baseline.cache_perplexity"] < 200
 
     # Reports: evaluation samples and per-epoch samples logged to MLflow.
     assert (tmp_path / "reports" / "samples.txt").read_text().count(EVAL.sample_prompt) == 3

@@ -12,6 +12,7 @@ all of its targets).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -21,6 +22,12 @@ import tensorflow as tf
 
 from pipeline.core.tokens import BOS_ID, NEWLINE, PAD_ID
 from pipeline.params import LanguageModelEvaluate, LanguageModelTrain
+from pipeline.tasks.language_model.cache import (
+    THETAS,
+    choose,
+    interpolate,
+    sequence_cache_probs,
+)
 from pipeline.tasks.language_model.data import load_streams, windows
 from pipeline.tasks.language_model.generate import generate, load_generator
 from pipeline.tasks.language_model.ngram import fit_kneser_ney
@@ -28,16 +35,24 @@ from pipeline.tasks.language_model.ngram import fit_kneser_ney
 EVAL_BATCH = 128  # windows per forward pass; changes speed only, not the numbers
 
 
-def token_nll(model: keras.Model, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, max_len) natural-log loss of every target (NaN at pads) and whether it was top-1."""
+def token_nll(
+    model: keras.Model, rows: np.ndarray, state_layer: str | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(N, max_len) natural-log loss of every target (NaN at pads), whether it was top-1 and,
+    if `state_layer` names the last recurrent layer, its (N, max_len, units) outputs."""
     inputs, targets = rows[:, :-1], rows[:, 1:]
     spec = tf.TensorSpec([None, None], tf.int32)
+    outputs = [model.output] + ([model.get_layer(state_layer).output] if state_layer else [])
+    scorer = keras.Model(model.inputs, outputs)
 
     @tf.function(input_signature=[spec, spec])
-    def score(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        logits = tf.cast(model(x, training=False), tf.float32)
+    def score(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        out = scorer(x, training=False)
+        out = out if isinstance(out, list | tuple) else [out]
+        logits = tf.cast(out[0], tf.float32)
         nll = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-        return nll, tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+        hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+        return (nll, hits, *(tf.cast(o, tf.float32) for o in out[1:]))
 
     parts = [
         score(inputs[i : i + EVAL_BATCH], targets[i : i + EVAL_BATCH])
@@ -45,9 +60,10 @@ def token_nll(model: keras.Model, rows: np.ndarray) -> tuple[np.ndarray, np.ndar
     ]
     nll = np.concatenate([p[0].numpy() for p in parts]).astype(np.float64)
     hits = np.concatenate([p[1].numpy() for p in parts])
+    states = np.concatenate([p[2].numpy() for p in parts]) if state_layer else None
     pad = targets == PAD_ID
     nll[pad] = np.nan
-    return nll, hits & ~pad
+    return nll, hits & ~pad, states
 
 
 def lm_metrics(nll: np.ndarray, chars: int, prefix: str) -> dict[str, float]:
@@ -83,6 +99,20 @@ def scored_windows(
     return np.concatenate(rows), np.concatenate(scored)
 
 
+@dataclass(frozen=True)
+class Scored:
+    """One split scored by the model: metrics, every window position's loss, and per scored
+    target (in play order) its loss, id and hidden state (None unless asked for)."""
+
+    metrics: dict[str, float]
+    window_nll: np.ndarray
+    nll: np.ndarray
+    targets: np.ndarray
+    states: np.ndarray | None
+    lengths: list[int]
+    chars: int
+
+
 def score_split(
     model: keras.Model,
     data_dir: Path,
@@ -90,31 +120,76 @@ def score_split(
     cfg: LanguageModelTrain,
     newline: int,
     stride: int | None = None,
-) -> tuple[dict[str, float], np.ndarray]:
-    """Score every token of every play once; also return every window position's loss.
+    states: bool = False,
+) -> Scored:
+    """Score every token of every play once (and keep the states a cache needs, if asked).
 
     `stride` None means `max_len`: non-overlapping windows, the ones training validates on.
     """
     streams, chars = load_streams(data_dir, split, newline)
     rows, scored = scored_windows(streams, cfg.max_len, stride or cfg.max_len)
-    nll, hits = token_nll(model, rows)
+    layer = f"rnn_{cfg.num_layers}" if states else None
+    nll, hits, outputs = token_nll(model, rows, layer)
     counted = scored & ~np.isnan(nll)
     expected = sum(len(s) - 1 for s in streams)
     if int(counted.sum()) != expected:
         raise RuntimeError(f"{split}: scored {int(counted.sum())} tokens, expected {expected}")
     metrics = lm_metrics(nll[counted], int(chars.sum()), split)
     metrics[f"{split}.accuracy"] = float(hits[counted].sum()) / max(expected, 1)
-    return metrics, nll
+    return Scored(
+        metrics=metrics,
+        window_nll=nll,
+        nll=nll[counted],  # row-major: windows in play order, positions in window order
+        targets=rows[:, 1:][counted],
+        states=None if outputs is None else outputs[counted],
+        lengths=[len(s) - 1 for s in streams],
+        chars=int(chars.sum()),
+    )
 
 
-def baseline_metrics(order: int, data_dir: Path, vocab_size: int, newline: int) -> dict[str, float]:
-    """Kneser-Ney n-gram fitted on train, scored on exactly the test tokens the model scores."""
+def baseline_nll(
+    order: int, data_dir: Path, vocab_size: int, newline: int, splits: tuple[str, ...]
+) -> dict[str, np.ndarray]:
+    """Kneser-Ney n-gram fitted on train: the loss of every target the model scores, per split."""
     train, _ = load_streams(data_dir, "train", newline)
     ngram = fit_kneser_ney(train, order, vocab_size, start_id=BOS_ID)
-    test, chars = load_streams(data_dir, "test", newline)
-    # Position 0 is the `<nl>` stand-in the model never predicts either.
-    log_probs = np.concatenate([ngram.log_probs(stream)[1:] for stream in test])
-    return lm_metrics(-log_probs, int(chars.sum()), "baseline")
+    # Position 0 of each stream is the `<nl>` stand-in the model never predicts either.
+    return {
+        split: -np.concatenate(
+            [ngram.log_probs(s)[1:] for s in load_streams(data_dir, split, newline)[0]]
+        )
+        for split in splits
+    }
+
+
+def cache_metrics(
+    val: Scored, test: Scored, baseline: dict[str, np.ndarray], size: int
+) -> dict[str, float]:
+    """Test scores with a continuous cache of `size` positions (theta and lambda chosen on
+    validation), and the Kneser-Ney baseline's with a unigram cache of the same size."""
+    if val.states is None or test.states is None:
+        raise ValueError("the continuous cache needs both splits scored with states=True")
+    val_cache = sequence_cache_probs(val.states, val.targets, val.lengths, size, THETAS)
+    fit = choose(val.nll, val_cache, THETAS)
+    test_cache = sequence_cache_probs(test.states, test.targets, test.lengths, size, [fit.theta])
+    model = lm_metrics(interpolate(test.nll, test_cache[0], fit.lam), test.chars, "test")
+    # Equal footing: the n-gram gets a cache too, of the tokens themselves (theta = 0).
+    base_val = sequence_cache_probs(None, val.targets, val.lengths, size, [0.0])
+    base_fit = choose(baseline["val"], base_val, [0.0])
+    base_test = sequence_cache_probs(None, test.targets, test.lengths, size, [0.0])
+    base = lm_metrics(
+        interpolate(baseline["test"], base_test[0], base_fit.lam), test.chars, "baseline"
+    )
+    return {
+        "test.cache_perplexity": model["test.perplexity"],
+        "test.cache_bpc": model["test.bpc"],
+        "val.cache_perplexity": math.exp(fit.cross_entropy),
+        "baseline.cache_perplexity": base["baseline.perplexity"],
+        "baseline.cache_bpc": base["baseline.bpc"],
+        "cache.theta": fit.theta,
+        "cache.lambda": fit.lam,
+        "cache.baseline_lambda": base_fit.lam,
+    }
 
 
 def write_samples(
@@ -180,12 +255,15 @@ def evaluate(
     """
     model, sp = load_generator(model_dir)
     newline = sp.piece_to_id(NEWLINE)
-    metrics, _ = score_split(model, data_dir, "val", cfg, newline, eval_cfg.stride)
-    test, test_nll = score_split(model, data_dir, "test", cfg, newline, eval_cfg.stride)
-    metrics |= test | baseline_metrics(
-        eval_cfg.baseline_order, data_dir, sp.get_piece_size(), newline
-    )
+    cache = eval_cfg.cache_size > 0
+    val = score_split(model, data_dir, "val", cfg, newline, eval_cfg.stride, states=cache)
+    test = score_split(model, data_dir, "test", cfg, newline, eval_cfg.stride, states=cache)
+    splits = ("val", "test") if cache else ("test",)
+    baseline = baseline_nll(eval_cfg.baseline_order, data_dir, sp.get_piece_size(), newline, splits)
+    metrics = val.metrics | test.metrics | lm_metrics(baseline["test"], test.chars, "baseline")
+    if cache:
+        metrics |= cache_metrics(val, test, baseline, eval_cfg.cache_size)
     report_dir.mkdir(parents=True, exist_ok=True)
     write_samples(model, sp, cfg, eval_cfg, report_dir / "samples.txt")
-    plot_loss_by_position(test_nll, report_dir / "loss_by_position.png")
+    plot_loss_by_position(test.window_nll, report_dir / "loss_by_position.png")
     return metrics
