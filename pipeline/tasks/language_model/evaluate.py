@@ -7,6 +7,11 @@ so a window's first tokens have little context; `evaluate.language_model.stride`
 `max_len` starts a window every `stride` tokens and scores only its last `stride` targets, which
 then follow at least `max_len - stride` tokens of context (the first window of each play scores
 all of its targets).
+
+With `cache_size` > 0 the test tokens are scored a second time through a continuous cache of
+the play's recent hidden states (`cache.py`; theta and lambda chosen on validation), and the
+n-gram a second time through a unigram cache of the same size: `test.cache_perplexity` and
+`baseline.cache_perplexity` beside the plain `test.perplexity` and `baseline.perplexity`.
 """
 
 from __future__ import annotations
