@@ -71,15 +71,12 @@ def unigram_cache_probs(targets: np.ndarray, size: int) -> np.ndarray:
     order = np.lexsort((np.arange(total), targets))  # by token, then position
     ranked = np.empty(total, dtype=np.int64)
     ranked[order] = np.arange(total)
-    sorted_tokens, sorted_positions = targets[order], order
-    # First index of each position's token in the sorted order (positions ascend within it).
-    first = np.searchsorted(sorted_tokens, targets, side="left")
-    # Earlier occurrences of the same token no further back than `size` positions.
+    # Sorted (token, position) keys: y_t's earlier occurrences no further back than `size`
+    # positions are the entries from (y_t, t - size) up to y_t's own entry.
+    keys = targets[order].astype(np.int64) * (total + 1) + order
     window_start = np.maximum(np.arange(total) - size, 0)
-    keys = sorted_tokens.astype(np.float64) * (total + 1) + sorted_positions
-    oldest = np.searchsorted(keys, targets.astype(np.float64) * (total + 1) + window_start)
-    hits = ranked - np.maximum(oldest, first)
-    out = hits / np.minimum(np.arange(total), size).clip(min=1)
+    oldest = np.searchsorted(keys, targets.astype(np.int64) * (total + 1) + window_start)
+    out = (ranked - oldest) / np.minimum(np.arange(total), size).clip(min=1)
     out[0] = np.nan
     return out
 
