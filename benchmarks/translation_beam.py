@@ -45,6 +45,12 @@ def main(
         list[float] | None,
         typer.Option("--coverage", help="Coverage penalties beta, beam only (repeatable)."),
     ] = None,
+    repeats: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--no-repeat-ngram", help="Blocked repeated n-gram sizes, 0 off (repeatable)."
+        ),
+    ] = None,
     out: Annotated[Path | None, typer.Option(help="Write results as JSON here.")] = None,
 ) -> None:
     """Score greedy and beam decoding of validation and test for each setting."""
@@ -57,7 +63,8 @@ def main(
     train, evaluate = params.train.section(Task.translation), params.evaluate.translation
     translator = load_translator(ROOT / "models/translation")
     settings = [
-        (b, a, e, c)
+        (b, a, e, c, n)
+        for n in repeats or [0]
         for e in eos_penalties or [0.0]
         for b, a, c in [(1, 0.0, 0.0)]
         + [
@@ -72,7 +79,7 @@ def main(
         sources, _ = load_pairs(ROOT / "data/tokenized/translation", split, train.max_len)
         references = [r["tgt"] for r in read_jsonl(ROOT / f"data/raw/translation/{split}.jsonl")]
         rows = result.setdefault(split, {"sentences": len(references), "settings": []})
-        for beam, alpha, eos, beta in settings:
+        for beam, alpha, eos, beta, ngram in settings:
             ids = translator.decode_ids(
                 sources,
                 beam,
@@ -80,13 +87,14 @@ def main(
                 alpha,
                 eos_penalty=eos,
                 coverage_penalty=beta,
+                no_repeat_ngram=ngram,
             )
             row = {"beam_size": beam, "length_penalty": alpha, "eos_penalty": eos}
-            row["coverage_penalty"] = beta
+            row |= {"coverage_penalty": beta, "no_repeat_ngram": ngram}
             row |= score(translator.detokenize(ids), references)
             rows["settings"].append(row)
             print(
-                f"{split:<5} beam {beam} alpha {alpha:<4} eos {eos:<4} beta {beta:<4} "
+                f"{split:<5} beam {beam} alpha {alpha:<4} eos {eos:<4} beta {beta:<4} n {ngram} "
                 + " ".join(f"{k} {row[k]:.3f}" for k in ("bleu", "chrf", "length_ratio")),
                 flush=True,
             )
@@ -94,7 +102,14 @@ def main(
         (r for r in result["val"]["settings"] if r["beam_size"] > 1), key=lambda r: r["bleu"]
     )
     result["best_beam_on_val"] = {
-        key: best[key] for key in ("beam_size", "length_penalty", "eos_penalty", "coverage_penalty")
+        key: best[key]
+        for key in (
+            "beam_size",
+            "length_penalty",
+            "eos_penalty",
+            "coverage_penalty",
+            "no_repeat_ngram",
+        )
     }
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
     if out:

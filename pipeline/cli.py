@@ -472,7 +472,7 @@ def translate(
     from pipeline.tasks.translation.translate import translate as run_translate
 
     beam = beam_size or cfg.beam_size
-    decoding = cfg.length_penalty, cfg.eos_penalty, cfg.coverage_penalty
+    decoding = cfg.length_penalty, cfg.eos_penalty, cfg.coverage_penalty, cfg.no_repeat_ngram
     texts = run_translate(model, sentences, beam, cfg.decode_max_len, *decoding)
     _echo_tsv(("source", "translation"), zip(sentences, texts, strict=True))
 

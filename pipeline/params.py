@@ -609,6 +609,14 @@ class TranslationTrain(TrainParams):
         description="EM iterations of the IBM Model 1 table: more make it sharper (each costs "
         "one pass over the training pairs).",
     )
+    alignment_weight: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="Guided alignment (Chen et al. 2016): in training, add this weight times the "
+        "cross-entropy of the attention weights against the IBM Model 1 alignment posterior of "
+        "each target token (from the lexicon table); needs lexicon_bias. 0: off.",
+    )
     report_examples: int = Field(
         10, ge=0, description="Validation sentences greedy-decoded into each epoch's report."
     )
@@ -620,6 +628,10 @@ class TranslationTrain(TrainParams):
     def _lexicon_needs_attention(self) -> TranslationTrain:
         if self.lexicon_bias and self.attention == "none":
             raise ValueError("lexicon_bias needs attention (luong or bahdanau), not none")
+        if self.alignment_weight > 0 and not self.lexicon_bias:
+            raise ValueError(
+                "alignment_weight > 0 needs lexicon_bias: true (its IBM Model 1 table)"
+            )
         return self
 
 
@@ -723,9 +735,22 @@ class TranslationEvaluate(Section):
         description="GNMT coverage weight beta: beam search ranks finished hypotheses that left "
         "source words unattended lower (0: off).",
     )
+    no_repeat_ngram: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Never write the same n target pieces twice in one translation (greedy and "
+        "beam; fairseq's no-repeat-ngram-size): 0 off, else n >= 2.",
+    )
     decode_max_len: int = Field(40, ge=1, description="Maximum generated target tokens.")
     examples: int = Field(50, ge=0, description="Test sentences in the examples table.")
     attention_maps: int = Field(3, ge=0, description="Test sentences drawn as attention heatmaps.")
+
+    @model_validator(mode="after")
+    def _ngram_of_two_or_more(self) -> TranslationEvaluate:
+        if self.no_repeat_ngram == 1:
+            raise ValueError("no_repeat_ngram must be 0 (off) or at least 2 (1 bans every repeat)")
+        return self
 
 
 class SpeechEvaluate(Section):

@@ -143,7 +143,7 @@ def test_translate_prints_each_source_beside_its_translation(
     header, *rows = table(outputs[0].stdout)
     assert header == ["source", "translation"]
     decoding = cfg.decode_max_len, cfg.length_penalty, cfg.eos_penalty, cfg.coverage_penalty
-    expected = translate(model, SENTENCES, 2, *decoding)
+    expected = translate(model, SENTENCES, 2, *decoding, cfg.no_repeat_ngram)
     assert rows == [[source, text] for source, text in zip(SENTENCES, expected, strict=True)]
     assert table(outputs[1].stdout) == table(outputs[0].stdout)
     assert table(outputs[2].stdout) == table(outputs[0].stdout)
@@ -153,23 +153,25 @@ def test_translate_prints_each_source_beside_its_translation(
 def test_translate_decodes_with_the_params_eos_and_coverage_penalties(
     translator: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """evaluate.translation.eos_penalty and coverage_penalty reach the decoder the command runs."""
+    """evaluate.translation's eos_penalty, coverage_penalty and no_repeat_ngram reach the decoder
+    the command runs."""
     import pipeline.tasks.translation.translate as translate_module
 
     model, params = translator
     tree = yaml.safe_load(params.read_text())
     set_key(tree, "evaluate.translation.eos_penalty", 7.5)
     set_key(tree, "evaluate.translation.coverage_penalty", 0.25)
+    set_key(tree, "evaluate.translation.no_repeat_ngram", 3)
     penalised = tmp_path / "params.yaml"
     penalised.write_text(yaml.safe_dump(tree, sort_keys=False))
     real, penalties = translate_module.decode_sequences, []
 
     def recording(*args: Any) -> Any:
-        penalties.append(args[-2:])  # (model, sources, beam, max_len, alpha, batch, eos, beta)
+        penalties.append(args[-3:])  # (model, sources, beam, max_len, alpha, batch, eos, beta, n)
         return real(*args)
 
     monkeypatch.setattr(translate_module, "decode_sequences", recording)
     command = ["translate", "--model", str(model), "--params", str(penalised), "--beam-size", "2"]
     result = run_cli([*command, *SENTENCES])
     assert result.exit_code == 0, result.output
-    assert penalties == [(7.5, 0.25)]
+    assert penalties == [(7.5, 0.25, 3)]

@@ -18,6 +18,7 @@ from pipeline.tasks.translation.decoding import (
     decode_sequences,
     greedy_decode,
     length_penalty,
+    repeated_ngram_followers,
 )
 from pipeline.tasks.translation.model import build_seq2seq
 
@@ -165,6 +166,34 @@ def test_max_len_and_forbidden_tokens() -> None:
         assert hypothesis.tokens == [A] * 4 and hypothesis.length == 4
         assert not hypothesis.finished
         assert hypothesis.log_prob == pytest.approx(4 * math.log(0.12))
+
+
+def test_repeated_ngram_followers_by_hand() -> None:
+    """Row 0 (A B A) may not write B after A again; row 1 (C D D) may not write D after D."""
+    history = np.asarray([[A, B, A], [C, D, D]])
+    rows, ids = repeated_ngram_followers(history, 2)
+    assert sorted(zip(rows.tolist(), ids.tolist(), strict=True)) == [(0, B), (1, D)]
+    assert repeated_ngram_followers(history, 3)[0].size == 0  # (B, A) and (D, D) are new
+    assert repeated_ngram_followers(history[:, :1], 2)[0].size == 0  # too short to repeat
+    rows, ids = repeated_ngram_followers(np.asarray([[A, B, C, A, B]]), 3)
+    assert (rows.tolist(), ids.tolist()) == ([0], [C])
+
+
+def test_no_repeat_ngram_breaks_a_loop() -> None:
+    """A B A B ... is the model's favourite: greedy loops to max_len; with bigrams blocked
+    neither greedy nor beam search writes a bigram twice."""
+    model = MarkovStepModel(
+        {BOS_ID: {A: 1.0}, A: {B: 0.98, EOS_ID: 0.01, C: 0.01}, B: {A: 0.98, EOS_ID: 0.02}}
+    )
+    source = one_source()
+    assert greedy_decode(model, source, max_len=6)[0].tokens == [A, B] * 3
+    for hypothesis in (
+        greedy_decode(model, source, max_len=6, no_repeat_ngram=2)[0],
+        beam_decode(model, source, 2, 6, alpha=0.0, no_repeat_ngram=2)[0],
+    ):
+        bigrams = list(zip(hypothesis.tokens, hypothesis.tokens[1:], strict=False))
+        assert hypothesis.finished and len(bigrams) == len(set(bigrams)), hypothesis.tokens
+    assert greedy_decode(model, source, max_len=6, no_repeat_ngram=2)[0].tokens == [A, B, A]
 
 
 @pytest.mark.parametrize("beam_size", [1, 3])

@@ -28,7 +28,12 @@ from pipeline.tasks.translation import evaluate as treval
 from pipeline.tasks.translation import model as trmodel
 from pipeline.tasks.translation import train as trtrain
 from pipeline.tasks.translation.lexicon import learn_lexicon, translate_words
-from pipeline.tasks.translation.lexicon_bias import LexiconBias, ibm1_table
+from pipeline.tasks.translation.lexicon_bias import (
+    GuidedAlignment,
+    LexiconBias,
+    alignment_loss,
+    ibm1_table,
+)
 from tests.conftest import new_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,6 +266,49 @@ def test_lexicon_bias_needs_attention() -> None:
     """Without attention there are no weights to mix the table rows with: a params error."""
     with pytest.raises(ValueError, match="lexicon_bias needs attention"):
         TranslationTrain(attention="none", lexicon_bias=True)
+    with pytest.raises(ValueError, match="alignment_weight > 0 needs lexicon_bias"):
+        TranslationTrain(attention="luong", alignment_weight=0.5)
+
+
+def test_alignment_loss_is_the_attention_cross_entropy_against_the_table_posterior() -> None:
+    """By hand: source ids (3, 4, PAD), target_in (BOS, 5, 6, PAD). Position 0 predicts 5,
+    position 1 predicts 6; position 2 predicts the EOS slot and position 3 is padding: neither
+    counts. p(5 | 3) = .6, p(5 | 4) = .2 -> posterior (.75, .25); p(6 | .) = (0, .5) -> (0, 1)."""
+    rows = np.zeros((1, 3, 8), np.float32)
+    rows[0, 0, 5], rows[0, 1, 5], rows[0, 1, 6] = 0.6, 0.2, 0.5
+    rows[0, 2, 5] = 0.9  # the PAD column: never a source word
+    source = np.asarray([[3, 4, 0]], np.int32)
+    target_in = np.asarray([[BOS_ID, 5, 6, 0]], np.int32)
+    weights = np.asarray([[[0.5, 0.5, 0.0], [0.2, 0.8, 0.0], [1, 0, 0], [1, 0, 0]]], np.float32)
+    expected = (-(0.75 * math.log(0.5) + 0.25 * math.log(0.5)) - math.log(0.8)) / 2
+    loss = float(alignment_loss(weights, rows, source, target_in))
+    assert loss == pytest.approx(expected, rel=1e-4)
+    aligned = np.asarray([[[0.75, 0.25, 0.0], [0.0, 1.0, 0.0], [1, 0, 0], [1, 0, 0]]], np.float32)
+    assert float(alignment_loss(aligned, rows, source, target_in)) < loss
+
+
+def test_guided_alignment_adds_its_loss_in_training_only(tmp_path: Path) -> None:
+    """The layer passes the logits through unchanged; only a training call adds the weighted
+    loss (so validation loss and decoding never see it), and the weight survives save/load."""
+    cfg = TranslationTrain(
+        units=6, embedding_dim=4, attention="bahdanau", lexicon_bias=True, alignment_weight=0.5
+    )
+    seq2seq = trmodel.build_seq2seq(cfg, 20, 30)
+    seq2seq.layers.lexicon_table.set_table(np.random.default_rng(0).dirichlet(np.ones(30), 20))
+    inputs, _ = trdata.model_inputs(
+        [np.asarray([3, 4, 5]), np.asarray([6, 7])], [np.asarray([8, 9]), np.asarray([10])]
+    )
+    inference = np.asarray(seq2seq.model(inputs, training=False))
+    assert not seq2seq.model.losses
+    seq2seq.model(inputs, training=True)
+    assert len(seq2seq.model.losses) == 1 and float(seq2seq.model.losses[0]) > 0
+    seq2seq.model.save(tmp_path / "model.keras")
+    loaded = trmodel.seq2seq_from_model(
+        keras.models.load_model(tmp_path / "model.keras", compile=False)
+    )
+    assert isinstance(loaded.layers.alignment, GuidedAlignment)
+    assert loaded.layers.alignment.weight == 0.5
+    np.testing.assert_allclose(np.asarray(loaded.model(inputs)), inference, rtol=1e-5, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- real data (slow)

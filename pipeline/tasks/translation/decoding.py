@@ -21,6 +21,11 @@ a_ti)) to a finished hypothesis's score (Wu et al. 2016), summed over the real s
 i: a candidate whose attention never visited part of the source ranks lower, so among
 near-equally probable endings the search prefers the one that translated the whole sentence.
 0 ranks by log P and length alone.
+
+`no_repeat_ngram` (n, greedy and beam) never lets a hypothesis write the same n target pieces
+twice (fairseq's `--no-repeat-ngram-size`): a piece that would complete an n-gram already in
+the hypothesis gets probability 0. An attention decoder that keeps attending to the same
+source word otherwise loops ("the way of the way of the way"). 0 turns it off.
 """
 
 from __future__ import annotations
@@ -173,14 +178,40 @@ def _log_softmax(outputs: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return {**outputs, LOGITS: tf.nn.log_softmax(outputs[LOGITS], axis=-1)}
 
 
+def repeated_ngram_followers(history: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, ids) such that writing ids[i] next in row rows[i] would repeat an n-gram.
+
+    `history` is (R, t) generated ids. A row's last n - 1 ids are matched against every earlier
+    window of n - 1 ids; the id that followed a match is banned. Vectorised over rows.
+    """
+    rows, length = history.shape
+    if n < 2 or length < n:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    windows = np.lib.stride_tricks.sliding_window_view(history[:, : length - 1], n - 1, axis=1)
+    suffix = history[:, length - n + 1 :]
+    match = (windows == suffix[:, None, :]).all(axis=-1)
+    row, start = np.nonzero(match)
+    return row, history[row, start + n - 1]
+
+
 def _next_log_probs(
-    model: StepModel, tokens: np.ndarray, context: Arrays, states: Arrays, eos_penalty: float
+    model: StepModel,
+    tokens: np.ndarray,
+    context: Arrays,
+    states: Arrays,
+    eos_penalty: float,
+    history: np.ndarray | None = None,
+    no_repeat_ngram: int = 0,
 ) -> tuple[np.ndarray, Arrays, np.ndarray | None]:
-    """Step once; float64 log-probs, never-generated ids at -inf, EOS lowered by the penalty."""
+    """Step once; float64 log-probs, never-generated ids and repeated n-grams at -inf, EOS
+    lowered by the penalty. `history` is (R, t): the ids each row has generated so far."""
     log_probs, states, weights = model.step(tokens, context, states)
     log_probs = np.asarray(log_probs, dtype=np.float64).copy()
     log_probs[:, list(NEVER_GENERATED)] = -np.inf
     log_probs[:, EOS_ID] -= eos_penalty
+    if no_repeat_ngram and history is not None:
+        rows, ids = repeated_ngram_followers(history, no_repeat_ngram)
+        log_probs[rows, ids] = -np.inf
     return log_probs, states, weights
 
 
@@ -193,6 +224,7 @@ def greedy_decode(
     max_len: int,
     alpha: float = 0.0,
     eos_penalty: float = 0.0,
+    no_repeat_ngram: int = 0,
 ) -> list[Hypothesis]:
     """Pick the most probable token at every step for a padded (B, S) batch."""
     batch = len(sources)
@@ -202,8 +234,11 @@ def greedy_decode(
     lengths = np.zeros(batch, dtype=np.int64)
     log_prob = np.zeros(batch, dtype=np.float64)
     outputs, attention = [], []
-    for _ in range(max_len):
-        log_probs, states, weights = _next_log_probs(model, tokens, context, states, eos_penalty)
+    for t in range(max_len):
+        history = np.stack(outputs, axis=1) if t else np.zeros((batch, 0), dtype=np.int32)
+        log_probs, states, weights = _next_log_probs(
+            model, tokens, context, states, eos_penalty, history, no_repeat_ngram
+        )
         tokens = log_probs.argmax(axis=-1).astype(np.int32)
         log_prob += np.where(done, 0.0, log_probs[np.arange(batch), tokens])
         lengths += ~done
@@ -353,6 +388,7 @@ def beam_decode(
     alpha: float,
     eos_penalty: float = 0.0,
     coverage_penalty: float = 0.0,
+    no_repeat_ngram: int = 0,
 ) -> list[Hypothesis]:
     """Beam search over a padded (B, S) batch, all beams of all sentences in one step call."""
     batch, beam = len(sources), beam_size
@@ -364,7 +400,10 @@ def beam_decode(
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     tokens = np.full(batch * beam, BOS_ID, dtype=np.int32)
     for t in range(max_len):
-        log_probs, states, weights = _next_log_probs(model, tokens, context, states, eos_penalty)
+        history = beams.tokens.reshape(batch * beam, t)
+        log_probs, states, weights = _next_log_probs(
+            model, tokens, context, states, eos_penalty, history, no_repeat_ngram
+        )
         vocab = log_probs.shape[-1]
         candidates = _top_candidates(beams.scores, log_probs.reshape(batch, beam, vocab), 2 * beam)
         parent, word, score = _select(beams, candidates, weights, finished, t, scorer)
@@ -392,15 +431,25 @@ def decode_sequences(
     batch_size: int = 64,
     eos_penalty: float = 0.0,
     coverage_penalty: float = 0.0,
+    no_repeat_ngram: int = 0,
 ) -> list[Hypothesis]:
     """Decode many source id sequences in batches, in input order (greedy when beam is 1)."""
     out: list[Hypothesis] = []
     for start in range(0, len(sources), batch_size):
         batch = pad_batch(list(sources[start : start + batch_size]))
         if beam_size == 1:
-            out.extend(greedy_decode(model, batch, max_len, alpha, eos_penalty))
+            out.extend(greedy_decode(model, batch, max_len, alpha, eos_penalty, no_repeat_ngram))
         else:
             out.extend(
-                beam_decode(model, batch, beam_size, max_len, alpha, eos_penalty, coverage_penalty)
+                beam_decode(
+                    model,
+                    batch,
+                    beam_size,
+                    max_len,
+                    alpha,
+                    eos_penalty,
+                    coverage_penalty,
+                    no_repeat_ngram,
+                )
             )
     return out

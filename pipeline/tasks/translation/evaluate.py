@@ -78,14 +78,15 @@ def evaluate(
         raise ValueError(f"{raw_dir} and {data_dir} disagree on the test split; re-run tokenize")
     texts, references = [r["src"] for r in raw], [r["tgt"] for r in raw]
     decode = eval_cfg.decode_max_len, eval_cfg.length_penalty
-    eos = eval_cfg.eos_penalty
-    greedy = translator.decode_ids(source, 1, *decode, eos_penalty=eos)
+    eos, ngram = eval_cfg.eos_penalty, eval_cfg.no_repeat_ngram
+    greedy = translator.decode_ids(source, 1, *decode, eos_penalty=eos, no_repeat_ngram=ngram)
     beam = translator.decode_ids(
         source,
         eval_cfg.beam_size,
         *decode,
         eos_penalty=eos,
         coverage_penalty=eval_cfg.coverage_penalty,
+        no_repeat_ngram=ngram,
     )
     greedy_text, beam_text = translator.detokenize(greedy), translator.detokenize(beam)
     metrics = corpus_scores(greedy_text, references, "test", "_greedy")

@@ -29,6 +29,9 @@ Architecture (Luong et al. 2015: global attention on top of the decoder RNN):
   IBM Model 1 table p(y | x_s) (the encoder's `lexicon` output), and `lexicon_bias` adds
   log(sum_s a_ts p(y | x_s) + lexicon_epsilon) to the logits (Arthur et al. 2016; see
   `lexicon_bias.py`).
+- `alignment_weight` (with the lexicon): `guided_alignment` passes the training graph's logits
+  through and, in training only, adds the attention's cross-entropy against the table's
+  alignment posterior to the loss (`lexicon_bias.GuidedAlignment`). Inference graphs skip it.
 
 The step model receives the memory as an input; pad positions must be zero there (the
 decoding code zeroes them) so its `memory_mask` Masking layer recovers the source mask.
@@ -49,11 +52,11 @@ from pipeline.core.recurrent import (
     word_dropout,
 )
 from pipeline.params import TranslationTrain
-from pipeline.tasks.translation.lexicon_bias import LexiconBias, LexiconTable
+from pipeline.tasks.translation.lexicon_bias import GuidedAlignment, LexiconBias, LexiconTable
 
 SOURCE, TARGET_IN, TOKEN = "source", "target_in", "token"
 MEMORY, KEYS, LOGITS, ATTENTION = "memory", "keys", "logits", "attention"
-LEXICAL, LEXICON = "lexical_memory", "lexicon"
+LEXICAL, LEXICON, ALIGNMENT = "lexical_memory", "lexicon", "guided_alignment"
 STATE_KINDS = ("h", "c")
 KerasTensor = keras.KerasTensor
 
@@ -75,6 +78,7 @@ class Seq2SeqLayers:
     output_projection: keras.layers.Layer | None = None
     lexicon_table: LexiconTable | None = None
     lexicon_bias: LexiconBias | None = None
+    alignment: GuidedAlignment | None = None
     lexical: bool = False
 
     def state_names(self) -> list[list[str]]:
@@ -166,10 +170,13 @@ def lexicon_layers(cfg: TranslationTrain, src_vocab: int, tgt_vocab: int) -> dic
     """The translation-table lookup and the logit bias, when `lexicon_bias` is on."""
     if not cfg.lexicon_bias or cfg.attention == "none":
         return {}
-    return {
+    layers = {
         "lexicon_table": LexiconTable(src_vocab, tgt_vocab, name="lexicon_table"),
         "lexicon_bias": LexiconBias(epsilon=cfg.lexicon_epsilon, name="lexicon_bias"),
     }
+    if cfg.alignment_weight > 0:
+        layers["alignment"] = GuidedAlignment(cfg.alignment_weight, name=ALIGNMENT)
+    return layers
 
 
 def attention_layers(cfg: TranslationTrain) -> dict[str, keras.layers.Layer]:
@@ -216,6 +223,7 @@ def layers_from_model(model: keras.Model) -> Seq2SeqLayers:
         output_projection=optional("output_projection"),
         lexicon_table=optional("lexicon_table"),
         lexicon_bias=optional("lexicon_bias"),
+        alignment=optional(ALIGNMENT),
         lexical=LEXICAL in names,
     )
 
@@ -320,7 +328,9 @@ def training_model(layers: Seq2SeqLayers, rate: float, word_rate: float = 0.0) -
     """Teacher forcing: (source, BOS + target) -> logits (B, T, tgt_vocab)."""
     source, target_in = token_input(SOURCE), token_input(TARGET_IN)
     encoded, states = encode(layers, source, rate, word_rate)
-    logits, _, _ = decode(layers, target_in, encoded, states, rate, word_rate)
+    logits, _, weights = decode(layers, target_in, encoded, states, rate, word_rate)
+    if layers.alignment is not None:
+        logits = layers.alignment([logits, weights, encoded.lexicon, source, target_in])
     return keras.Model({SOURCE: source, TARGET_IN: target_in}, logits, name="seq2seq")
 
 

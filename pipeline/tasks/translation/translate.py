@@ -50,6 +50,7 @@ class Translator:
         batch_size: int = 64,
         eos_penalty: float = 0.0,
         coverage_penalty: float = 0.0,
+        no_repeat_ngram: int = 0,
     ) -> list[Hypothesis]:
         """Translate source id sequences (greedy when beam_size is 1)."""
         return decode_sequences(
@@ -61,6 +62,7 @@ class Translator:
             batch_size,
             eos_penalty,
             coverage_penalty,
+            no_repeat_ngram,
         )
 
     def detokenize(self, hypotheses: Sequence[Hypothesis]) -> list[str]:
@@ -85,6 +87,7 @@ def translate_texts(
     length_penalty: float = LENGTH_PENALTY,
     eos_penalty: float = 0.0,
     coverage_penalty: float = 0.0,
+    no_repeat_ngram: int = 0,
 ) -> list[str]:
     """Translate raw sentences; blank ones come back as empty strings without decoding."""
     texts = [sentence.strip() for sentence in sentences]
@@ -97,6 +100,7 @@ def translate_texts(
         length_penalty,
         eos_penalty=eos_penalty,
         coverage_penalty=coverage_penalty,
+        no_repeat_ngram=no_repeat_ngram,
     )
     out = [""] * len(texts)
     for i, text in zip(todo, translator.detokenize(hypotheses), strict=True):
@@ -112,9 +116,17 @@ def translate(
     length_penalty: float = LENGTH_PENALTY,
     eos_penalty: float = 0.0,
     coverage_penalty: float = 0.0,
+    no_repeat_ngram: int = 0,
 ) -> list[str]:
     """Load `model_dir` and translate German sentences to English."""
     translator = load_translator(model_dir)
     return translate_texts(
-        translator, sentences, beam_size, max_len, length_penalty, eos_penalty, coverage_penalty
+        translator,
+        sentences,
+        beam_size,
+        max_len,
+        length_penalty,
+        eos_penalty,
+        coverage_penalty,
+        no_repeat_ngram,
     )
