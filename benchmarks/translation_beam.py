@@ -24,11 +24,27 @@ import typer
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def repeats_a_bigram(text: str) -> bool:
+    """Whether a word bigram occurs twice in `text` (BLEU's 13a tokens, lowercased)."""
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+
+    words = Tokenizer13a()(text.lower()).split()
+    bigrams = list(zip(words, words[1:], strict=False))
+    return len(bigrams) != len(set(bigrams))
+
+
 def score(hypotheses: list[str], references: list[str]) -> dict[str, float]:
-    """Corpus BLEU, chrF and the length ratio (sacreBLEU's own tokenization)."""
+    """Corpus BLEU, chrF, the length ratio (sacreBLEU's own tokenization), and how many
+    hypotheses (and references) repeat a word bigram."""
     bleu = sacrebleu.corpus_bleu(hypotheses, [references])
     chrf = sacrebleu.corpus_chrf(hypotheses, [references])
-    return {"bleu": bleu.score, "chrf": chrf.score, "length_ratio": bleu.sys_len / bleu.ref_len}
+    return {
+        "bleu": bleu.score,
+        "chrf": chrf.score,
+        "length_ratio": bleu.sys_len / bleu.ref_len,
+        "repeated_bigram_outputs": sum(map(repeats_a_bigram, hypotheses)),
+        "repeated_bigram_references": sum(map(repeats_a_bigram, references)),
+    }
 
 
 def main(

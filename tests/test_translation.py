@@ -266,8 +266,11 @@ def test_lexicon_bias_needs_attention() -> None:
     """Without attention there are no weights to mix the table rows with: a params error."""
     with pytest.raises(ValueError, match="lexicon_bias needs attention"):
         TranslationTrain(attention="none", lexicon_bias=True)
-    with pytest.raises(ValueError, match="alignment_weight > 0 needs lexicon_bias"):
-        TranslationTrain(attention="luong", alignment_weight=0.5)
+    # Guided alignment reads the lexicon's table: without one there is nothing to align to, so
+    # switching lexicon_bias off alone (one -S override) trains the plain model.
+    cfg = TranslationTrain(units=4, embedding_dim=4, alignment_weight=1.0)
+    plain = trmodel.build_seq2seq(cfg, 9, 9)
+    assert plain.layers.alignment is None and plain.layers.lexicon_table is None
 
 
 def test_alignment_loss_is_the_attention_cross_entropy_against_the_table_posterior() -> None:

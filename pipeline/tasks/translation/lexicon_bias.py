@@ -13,9 +13,9 @@ attention, which learns to look at the source token whose translation comes next
 `GuidedAlignment` (Chen et al. 2016, "Guided alignment training for topic-aware neural machine
 translation") uses the same table to teach the attention where to look: the IBM Model 1
 posterior of target token y_t over the source positions, q_ts = p(y_t | x_s) / sum_s' p(y_t |
-x_s'), is a soft alignment, and training adds weight * mean_t(-sum_s q_ts log a_ts). Measured
-before it existed, the default model's attention put a quarter of its mass on the source
-position the table is sure of (q > 0.8), so the bias mostly mixed in the wrong words' rows.
+x_s'), is a soft alignment, and training adds weight * mean_t(-sum_s q_ts log a_ts). Without
+it the attention put a quarter of its mass on the source position the table is sure of (q >
+0.8), so the bias mostly mixed in other words' rows (`benchmarks/attention_alignment.py`).
 
 The table is a non-trainable weight of `LexiconTable`, so it is saved with the model and the
 step decoder reads the same numbers. `LexiconTable` turns the source ids into rows once per
