@@ -69,7 +69,7 @@ def collect(model_dir: Path, data_dir: Path, max_len: int) -> tuple[np.ndarray, 
     sources, targets = load_pairs(data_dir, "val", max_len)
     rows_out, posteriors = [], []
     for start in range(0, len(sources), 64):
-        inputs, target_out = model_inputs(sources[start : start + 64], targets[start : start + 64])
+        inputs, _ = model_inputs(sources[start : start + 64], targets[start : start + 64])
         attention, table_rows = (np.asarray(x, np.float32) for x in probe.predict_on_batch(inputs))
         real = inputs[SOURCE] != PAD_ID
         following = np.pad(inputs[TARGET_IN][:, 1:], ((0, 0), (0, 1)))  # y_t; EOS slot -> PAD

@@ -235,7 +235,7 @@ def greedy_decode(
     log_prob = np.zeros(batch, dtype=np.float64)
     outputs, attention = [], []
     for t in range(max_len):
-        history = np.stack(outputs, axis=1) if t else np.zeros((batch, 0), dtype=np.int32)
+        history = np.stack(outputs, axis=1) if t and no_repeat_ngram else None
         log_probs, states, weights = _next_log_probs(
             model, tokens, context, states, eos_penalty, history, no_repeat_ngram
         )
