@@ -42,6 +42,14 @@ CONFIGS = {
     },
     "lstm-none-tied": {"cell": "lstm", "attention": "none", "tie_embeddings": True},
     "gru-bahdanau-lexicon-bias": {"cell": "gru", "attention": "bahdanau", "lexicon_bias": True},
+    "gru-bidirectional-bahdanau-lexical-lexicon-alignment": {  # the translator's default
+        "cell": "gru",
+        "attention": "bahdanau",
+        "bidirectional": True,
+        "lexical_attention": True,
+        "lexicon_bias": True,
+        "alignment_weight": 1.0,
+    },
     "lstm-bidirectional-luong-lexicon-bias": {
         "cell": "lstm",
         "attention": "luong",
@@ -160,7 +168,13 @@ def test_inference_models_share_weights() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["lstm-bidirectional-luong-2-layers", "lstm-bahdanau", "gru-bahdanau-lexicon-bias"]
+    "name",
+    [
+        "lstm-bidirectional-luong-2-layers",
+        "lstm-bahdanau",
+        "gru-bahdanau-lexicon-bias",
+        "gru-bidirectional-bahdanau-lexical-lexicon-alignment",
+    ],
 )
 def test_rebuild_after_save_and_load(tmp_path: Path, name: str) -> None:
     """Inference models rebuilt by layer name around a loaded model match the originals."""
