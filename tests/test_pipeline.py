@@ -152,6 +152,7 @@ TINY_TRANSLATION = {
     "evaluate.translation.decode_max_len": 10,
     # The cheapest model and reports, whatever the defaults: what reruns is the point here.
     "train.translation.attention": "luong",
+    "train.translation.bidirectional": False,
     "train.translation.lexical_attention": False,
     "train.translation.lexicon_bias": False,
     "train.translation.tie_embeddings": False,
