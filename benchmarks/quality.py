@@ -39,6 +39,7 @@ KEYS = {
         "baseline.accuracy",
         "test.roc_auc",
         "baseline.roc_auc",
+        "val.accuracy",
         "val_accuracy",
         "epochs_run",
         "train_seconds",

@@ -105,6 +105,30 @@ def test_evaluation_reads_whole_reviews(tiny_data) -> None:
     np.testing.assert_array_equal(labels, same_labels)
 
 
+@pytest.mark.slow
+def test_head_tokens_keep_a_long_reviews_opening_and_end(tiny_data) -> None:
+    """`head_tokens` keeps the first tokens and the last `max_len - head_tokens` of long reviews."""
+    from pipeline.tasks.classification.data import load_split
+
+    _, tok = tiny_data("classification")
+    whole, _ = load_split(tok, "test", None)
+    lengths = sorted(map(len, whole))
+    max_len = lengths[len(lengths) // 2]  # about half the reviews are longer
+    cut, _ = load_split(tok, "test", max_len, head=3)
+    assert lengths[0] <= max_len < lengths[-1]
+    for full, short in zip(whole, cut, strict=True):
+        expected = full if len(full) <= max_len else np.concatenate([full[:3], full[3 - max_len :]])
+        np.testing.assert_array_equal(short, expected)
+
+
+def test_head_tokens_must_leave_room_for_the_tail() -> None:
+    from pydantic import ValidationError
+
+    assert ClassificationTrain(max_len=10, head_tokens=9).head_tokens == 9
+    with pytest.raises(ValidationError, match=r"head_tokens: expected less than max_len \(10\)"):
+        ClassificationTrain(max_len=10, head_tokens=10)
+
+
 def test_compiled_batches_are_padded_to_bucket_edges() -> None:
     """Under XLA each batch is padded to its length bucket's edge: one compiled shape per bucket."""
     from pipeline.tasks.classification.data import make_dataset, padded_lengths

@@ -183,6 +183,8 @@ def test_evaluate_matches_scikit_learn_on_saved_predictions(in_trained_store: Tr
     assert metrics["test.accuracy"] == pytest.approx(accuracy_score(labels, probs >= 0.5))
     assert metrics["test.f1"] == pytest.approx(f1_score(labels, probs >= 0.5, zero_division=0))
     assert metrics["test.roc_auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-5)
+    assert set(metrics) >= {"val.accuracy", "val.roc_auc"}  # whole validation reviews
+    assert 0.0 <= metrics["val.accuracy"] <= 1.0 and 0.0 <= metrics["val.roc_auc"] <= 1.0
     assert 0.5 < metrics["baseline.accuracy"] <= 1.0  # TF-IDF + LR learns something
     client = MlflowClient(uri)
     logged = client.get_run(run.info.run_id).data.metrics

@@ -29,11 +29,21 @@ def slices(*columns) -> tf.data.Dataset:
     return ds.map(_densify, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def truncate(seqs: Sequence[np.ndarray], max_len: int, keep: str = "last") -> list[np.ndarray]:
-    """Cut sequences to `max_len` tokens; reviews keep their end, where verdicts usually are."""
-    if keep == "last":
+def truncate(
+    seqs: Sequence[np.ndarray], max_len: int, keep: str = "last", head: int = 0
+) -> list[np.ndarray]:
+    """Cut sequences to `max_len` tokens; reviews keep their end, where verdicts usually are.
+
+    With `keep="last"` and `head` > 0 a long sequence keeps its first `head` tokens and its
+    last `max_len - head` (head + tail truncation: a review's opening often states the verdict
+    too); sequences within `max_len` are left whole.
+    """
+    if keep != "last":
+        return [s[:max_len] for s in seqs]
+    if not head:
         return [s[-max_len:] for s in seqs]
-    return [s[:max_len] for s in seqs]
+    tail = max_len - head
+    return [s if len(s) <= max_len else np.concatenate([s[:head], s[-tail:]]) for s in seqs]
 
 
 def element_length(*element) -> tf.Tensor:

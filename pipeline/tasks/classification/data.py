@@ -15,16 +15,17 @@ from pipeline.params import ClassificationTrain
 
 
 def load_split(
-    data_dir: Path, split: str, max_len: int | None
+    data_dir: Path, split: str, max_len: int | None, head: int = 0
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """Token sequences (the last `max_len` tokens of each review; None: whole) and float labels."""
+    """Token sequences (at most `max_len` tokens: the first `head` and the last ones; None:
+    whole reviews) and float labels."""
     path = data_dir / f"{split}.npz"
     data = load_npz(path)
     check_ids(data["tokens_ids"], vocab_size(data_dir), path)
     if not np.isin(data["labels"], (0, 1)).all():
         raise CorruptInput(f"{path}: labels must be 0 or 1; re-run download and tokenize")
     seqs = unpack(data["tokens_ids"], data["tokens_offsets"])
-    seqs = truncate(seqs, max_len) if max_len else list(seqs)
+    seqs = truncate(seqs, max_len, head=head) if max_len else list(seqs)
     return seqs, data["labels"].astype(np.float32)
 
 

@@ -23,8 +23,8 @@ def per_example_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
 
 def setup(cfg: ClassificationTrain, data_dir: Path) -> TrainingSetup:
     """Build the classifier and its data for the shared trainer."""
-    train_x, train_y = load_split(data_dir, "train", cfg.max_len)
-    val_x, val_y = load_split(data_dir, "val", cfg.max_len)
+    train_x, train_y = load_split(data_dir, "train", cfg.max_len, cfg.head_tokens)
+    val_x, val_y = load_split(data_dir, "val", cfg.max_len, cfg.head_tokens)
     probe_x, probe_y = probe_batch(val_x, val_y, cfg.probe_batch_size, cfg.max_len)
     return TrainingSetup(
         model=build_classifier(cfg, vocab_size(data_dir)),
