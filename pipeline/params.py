@@ -539,21 +539,20 @@ class ClassificationTrain(TrainParams):
         description="Fraction of a review's tokens whose whole embedding is zeroed in training "
         "(Gal & Ghahramani's word dropout).",
     )
-    head_tokens: int = Field(
-        0,
+    head_fraction: float = Field(
+        0.0,
         ge=0,
-        description="Training reviews longer than max_len keep their first head_tokens tokens "
-        "and their last max_len - head_tokens (head + tail truncation); 0 = only the last "
-        "max_len. Evaluation reads whole reviews either way.",
+        lt=1,
+        description="Share of max_len given to the opening of a training review longer than "
+        "max_len: it keeps its first head_fraction * max_len tokens and its last ones up to "
+        "max_len (head + tail truncation); 0 = only the last max_len. Evaluation reads whole "
+        "reviews either way.",
     )
 
-    @model_validator(mode="after")
-    def _head_within_max_len(self) -> ClassificationTrain:
-        if self.head_tokens >= self.max_len:
-            raise ValueError(
-                f"head_tokens: expected less than max_len ({self.max_len}), got {self.head_tokens}"
-            )
-        return self
+    @property
+    def head_tokens(self) -> int:
+        """Leading tokens a truncated training review keeps (the rest come from its end)."""
+        return int(self.head_fraction * self.max_len)
 
 
 class LanguageModelTrain(TrainParams):

@@ -121,12 +121,14 @@ def test_head_tokens_keep_a_long_reviews_opening_and_end(tiny_data) -> None:
         np.testing.assert_array_equal(short, expected)
 
 
-def test_head_tokens_must_leave_room_for_the_tail() -> None:
+def test_head_fraction_is_a_share_of_max_len_that_leaves_room_for_the_tail() -> None:
     from pydantic import ValidationError
 
-    assert ClassificationTrain(max_len=10, head_tokens=9).head_tokens == 9
-    with pytest.raises(ValidationError, match=r"head_tokens: expected less than max_len \(10\)"):
-        ClassificationTrain(max_len=10, head_tokens=10)
+    assert ClassificationTrain(max_len=400, head_fraction=0.25).head_tokens == 100
+    assert ClassificationTrain(max_len=10, head_fraction=0.99).head_tokens == 9
+    assert ClassificationTrain(max_len=10).head_tokens == 0
+    with pytest.raises(ValidationError, match="head_fraction"):
+        ClassificationTrain(max_len=10, head_fraction=1.0)
 
 
 def test_compiled_batches_are_padded_to_bucket_edges() -> None:
