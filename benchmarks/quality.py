@@ -40,6 +40,7 @@ KEYS = {
         "test.roc_auc",
         "baseline.roc_auc",
         "val.accuracy",
+        "val.roc_auc",
         "val_accuracy",
         "epochs_run",
         "train_seconds",
