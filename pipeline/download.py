@@ -418,7 +418,9 @@ def chunk_plain_text(text: str, name: str, parts: int = PLAIN_TEXT_PARTS) -> lis
 def build_translation(cfg: TranslationDownload, members: dict[str, bytes]) -> Built:
     """Parse sentence pairs, keep full sentences of the right length, de-duplicate, split.
 
-    With `dictionary_pairs`, the train split also gets that many of the dictionary's word and
+    With `train_max_words`, the train split also gets the full-sentence pairs longer than
+    `max_words` (up to `train_max_words`) from entries that hold no val or test sentence, and
+    none that contains one. With `dictionary_pairs`, the train split also gets that many of the dictionary's word and
     phrase pairs, drawn from entries that hold no val or test sentence (an entry's headwords
     are sub-phrases of its example sentences, so they would leak the held-out ones).
     """
@@ -431,9 +433,13 @@ def build_translation(cfg: TranslationDownload, members: dict[str, bytes]) -> Bu
     parts = shuffled_split(len(pairs), cfg.split, cfg.max_examples, "sentence pairs")
     splits = {name: [pairs[i] for i in part] for name, part in parts.items()}
     stats = {"candidates": len(raw), "kept": len(kept), "duplicates": len(kept) - len(pairs)}
+    held = {pair["src"] for name in ("val", "test") for pair in splits[name]}
+    held_out = {pair[ENTRY] for pair in raw if ENTRY in pair and pair["src"] in held}
+    if cfg.train_max_words:
+        longer = longer_sentences(raw, cfg, held, held_out)
+        splits["train"] += longer
+        stats |= {"longer_train_pairs": len(longer)}
     if cfg.dictionary_pairs:
-        held = {pair["src"] for name in ("val", "test") for pair in splits[name]}
-        held_out = {pair[ENTRY] for pair in raw if pair["src"] in held}
         phrases = dictionary_phrases(raw, held_out, cfg.dictionary_max_words)
         order = np.random.RandomState(cfg.split.seed).permutation(len(phrases))
         splits["train"] += [phrases[i] for i in order[: cfg.dictionary_pairs]]
@@ -498,6 +504,28 @@ def aligned_pairs(
 def without_entry(pair: Record) -> Record:
     """The pair as written: source and target only."""
     return {"src": pair["src"], "tgt": pair["tgt"]}
+
+
+def longer_sentences(
+    raw: list[Record], cfg: TranslationDownload, held: set[str], held_out: set[int]
+) -> list[Record]:
+    """Full-sentence pairs of max_words+1..train_max_words words a side, for train only.
+
+    A long example sentence can quote a held-out one ("Ich weiß nicht. Frag ihn.") or share its
+    dictionary entry, so pairs of held-out entries or containing a held-out source are dropped.
+    """
+    assert cfg.train_max_words is not None  # the caller checks
+    longer = [
+        pair
+        for pair in raw
+        if is_sentence_pair(pair, cfg.min_words, cfg.train_max_words)
+        and not is_sentence_pair(pair, cfg.min_words, cfg.max_words)
+        and pair.get(ENTRY) not in held_out
+        and not any(sentence in pair["src"] for sentence in held)
+    ]
+    return [
+        without_entry(p) for p in deduplicate(longer, key=lambda pair: (pair["src"], pair["tgt"]))
+    ]
 
 
 _PARENTHESES = re.compile(r"\([^()]*\)")

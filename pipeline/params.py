@@ -127,6 +127,7 @@ MULTI30K_UNUSED = (
     "min_words",
     "max_words",
     "max_examples",
+    "train_max_words",
     "dictionary_pairs",
     "dictionary_max_words",
     "split",
@@ -209,6 +210,13 @@ class TranslationDownload(Section):
     min_words: int = Field(3, ge=1, description="Minimum words on each side of a pair.")
     max_words: int = Field(12, ge=1, description="Maximum words on each side of a pair.")
     max_examples: int | None = Field(None, ge=10, description="Cap on pairs after filtering.")
+    train_max_words: int | None = Field(
+        None,
+        ge=1,
+        description="Full-sentence pairs longer than max_words, up to this many words a side, "
+        "added to the train split only (none from an entry holding a val or test sentence, none "
+        "containing one). null = none.",
+    )
     dictionary_pairs: int = Field(
         0,
         ge=0,
@@ -227,6 +235,11 @@ class TranslationDownload(Section):
         if self.min_words > self.max_words:
             raise ValueError(
                 f"min_words ({self.min_words}) must be <= max_words ({self.max_words})"
+            )
+        if self.train_max_words is not None and self.train_max_words <= self.max_words:
+            raise ValueError(
+                f"train_max_words ({self.train_max_words}) must be > max_words "
+                f"({self.max_words}), or null"
             )
         if self.dictionary_pairs and self.format != "ding":
             raise ValueError("dictionary_pairs needs format ding (other sources have no lexicon)")

@@ -662,6 +662,42 @@ def test_dictionary_pairs_join_train_only_and_never_from_a_held_out_entry():
     assert all(set(p) == {"src", "tgt"} for part in splits.values() for p in part)
 
 
+def test_longer_sentences_join_train_only_and_never_quote_a_held_out_one():
+    long_de = "Wir gingen gestern alle zusammen in den Park und haben dort lange gespielt."
+    long_en = "We all went to the park together yesterday and played there for a long time."
+    lines = ding_text(20).decode().splitlines()
+    lines += [f"Spiel{i} {{n}} | {long_de[:-1]} {i}. :: game{i} | {long_en[:-1]} {i}." for i in range(6)]
+    # a long sentence quoting each short one, in an entry of its own
+    lines += [
+        f"Satz{i} | Das Wort{i} ist hier. Wir wissen das alle schon seit sehr langer Zeit. "
+        f":: sentence{i} | The word{i} is here. We have all known that for a very long time."
+        for i in range(20)
+    ]
+    split = SplitParams(val_fraction=0.1, test_fraction=0.1, seed=1)
+    cfg = TranslationDownload.model_validate(
+        {"source": {"kind": "url", "url": "https://example.org/de-en", "sha256": "0" * 64}}
+        | {"format": "ding", "min_words": 3, "max_words": 12, "split": split}
+        | {"train_max_words": 20}
+    )
+    splits, details = build_translation(cfg, {"de-en": "\n".join(lines).encode()})
+
+    assert [len(splits[name]) for name in ("val", "test")] == [2, 2]  # unchanged
+    longer = [p for p in splits["train"] if len(p["src"].split()) > 12]
+    held = [p["src"] for name in ("val", "test") for p in splits[name]]
+    assert len(longer) == details["stats"]["longer_train_pairs"] == 6 + 20 - 4
+    assert not [p for p in longer for sentence in held if sentence in p["src"]]
+    assert {"src": f"{long_de[:-1]} 0.", "tgt": f"{long_en[:-1]} 0."} in longer
+    assert all(set(p) == {"src", "tgt"} for p in longer)
+
+
+def test_train_max_words_must_exceed_max_words():
+    with pytest.raises(ValueError, match=r"train_max_words \(12\) must be > max_words \(12\)"):
+        TranslationDownload.model_validate(
+            {"source": {"kind": "url", "url": "https://example.org/x", "sha256": "0" * 64}}
+            | {"max_words": 12, "train_max_words": 12}
+        )
+
+
 def test_dictionary_pairs_need_the_ding_format():
     with pytest.raises(ValueError, match="dictionary_pairs needs format ding"):
         TranslationDownload.model_validate(
