@@ -420,9 +420,10 @@ def build_translation(cfg: TranslationDownload, members: dict[str, bytes]) -> Bu
 
     With `train_max_words`, the train split also gets the full-sentence pairs longer than
     `max_words` (up to `train_max_words`) from entries that hold no val or test sentence, and
-    none that contains one. With `dictionary_pairs`, the train split also gets that many of the dictionary's word and
-    phrase pairs, drawn from entries that hold no val or test sentence (an entry's headwords
-    are sub-phrases of its example sentences, so they would leak the held-out ones).
+    none that contains one. With `dictionary_pairs`, the train split also gets that many of the
+    dictionary's word and phrase pairs, drawn from entries that hold no val or test sentence
+    (an entry's headwords are sub-phrases of its example sentences, so they would leak the
+    held-out ones).
     """
     if cfg.format == "multi30k":
         return build_multi30k(cfg, members)

@@ -666,7 +666,9 @@ def test_longer_sentences_join_train_only_and_never_quote_a_held_out_one():
     long_de = "Wir gingen gestern alle zusammen in den Park und haben dort lange gespielt."
     long_en = "We all went to the park together yesterday and played there for a long time."
     lines = ding_text(20).decode().splitlines()
-    lines += [f"Spiel{i} {{n}} | {long_de[:-1]} {i}. :: game{i} | {long_en[:-1]} {i}." for i in range(6)]
+    lines += [
+        f"Spiel{i} {{n}} | {long_de[:-1]} {i}. :: game{i} | {long_en[:-1]} {i}." for i in range(6)
+    ]
     # a long sentence quoting each short one, in an entry of its own
     lines += [
         f"Satz{i} | Das Wort{i} ist hier. Wir wissen das alle schon seit sehr langer Zeit. "
