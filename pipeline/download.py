@@ -438,6 +438,7 @@ def build_translation(cfg: TranslationDownload, members: dict[str, bytes]) -> Bu
     held_out = {pair[ENTRY] for pair in raw if ENTRY in pair and pair["src"] in held}
     if cfg.train_max_words:
         longer = longer_sentences(raw, cfg, held, held_out)
+        longer = capped_like(longer, sum(map(len, splits.values())) / len(pairs), cfg.split.seed)
         splits["train"] += longer
         stats |= {"longer_train_pairs": len(longer)}
     if cfg.dictionary_pairs:
@@ -527,6 +528,15 @@ def longer_sentences(
     return [
         without_entry(p) for p in deduplicate(longer, key=lambda pair: (pair["src"], pair["tgt"]))
     ]
+
+
+def capped_like(records: list[Record], share: float, seed: int) -> list[Record]:
+    """A `share` of the records, drawn with `seed`, in their order: a `max_examples` cap on the
+    sentence pairs caps the extra train pairs alike, so a small run stays small."""
+    if share >= 1:
+        return records
+    keep = np.random.RandomState(seed).permutation(len(records))[: round(len(records) * share)]
+    return [records[i] for i in sorted(keep)]
 
 
 _PARENTHESES = re.compile(r"\([^()]*\)")

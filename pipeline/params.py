@@ -215,7 +215,7 @@ class TranslationDownload(Section):
         ge=1,
         description="Full-sentence pairs longer than max_words, up to this many words a side, "
         "added to the train split only (none from an entry holding a val or test sentence, none "
-        "containing one). null = none.",
+        "containing one; max_examples caps them in proportion). null = none.",
     )
     dictionary_pairs: int = Field(
         0,

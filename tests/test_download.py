@@ -27,6 +27,7 @@ from pipeline.download import (
     DownloadResult,
     FetchOptions,
     build_translation,
+    capped_like,
     chunk_plain_text,
     clean_ding_part,
     clean_review,
@@ -269,13 +270,19 @@ def test_real_ding_gives_thousands_of_sentence_pairs(defaults, real_cache, tmp_p
     cfg = defaults.translation
     result = run_download(Task.translation, cfg, tmp_path / "tr", real_cache)
 
-    total = sum(result.counts.values())
+    longer = result.manifest["stats"]["longer_train_pairs"]
+    assert 2_000 <= longer <= 2_420  # 13-20 words; DATA.md's count less held-out entries'
+    total = sum(result.counts.values()) - longer
     assert 16_000 <= total <= 18_000  # DATA.md: ~17,200 pairs with <= 12 words
     assert result.counts["val"] == result.counts["test"] == round(total * 0.05)
-    pairs = [pair for records in read_splits(tmp_path / "tr").values() for pair in records]
+    splits = read_splits(tmp_path / "tr")
+    pairs = [pair for records in splits.values() for pair in records]
     assert {"src": "Er ist leer ausgegangen.", "tgt": "He went away empty-handed."} in pairs
-    assert all(is_sentence_pair(pair, cfg.min_words, cfg.max_words) for pair in pairs)
-    assert len({(pair["src"], pair["tgt"]) for pair in pairs}) == total
+    short = [pair for pair in pairs if is_sentence_pair(pair, cfg.min_words, cfg.max_words)]
+    assert len(short) == total
+    assert all(is_sentence_pair(pair, cfg.min_words, cfg.max_words) for pair in splits["test"])
+    assert all(is_sentence_pair(pair, cfg.min_words, cfg.max_words) for pair in splits["val"])
+    assert len({(pair["src"], pair["tgt"]) for pair in pairs}) == total + longer
     assert result.manifest["source"]["kind"] == "debian"
 
 
@@ -286,7 +293,9 @@ def test_real_ding_capped_is_deterministic(defaults, real_cache, tmp_path):
     first = run_download(Task.translation, cfg, tmp_path / "a", real_cache)
     run_download(Task.translation, cfg, tmp_path / "b", real_cache)
 
-    assert first.counts == {"train": 180, "val": 10, "test": 10}
+    longer = first.manifest["stats"]["longer_train_pairs"]
+    assert 20 <= longer <= 40  # the 200 of ~17,000 short pairs' share of ~2,400 longer ones
+    assert first.counts == {"train": 180 + longer, "val": 10, "test": 10}
     for name in ["train.jsonl", "val.jsonl", "test.jsonl", "manifest.json"]:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
@@ -690,6 +699,16 @@ def test_longer_sentences_join_train_only_and_never_quote_a_held_out_one():
     assert not [p for p in longer for sentence in held if sentence in p["src"]]
     assert {"src": f"{long_de[:-1]} 0.", "tgt": f"{long_en[:-1]} 0."} in longer
     assert all(set(p) == {"src", "tgt"} for p in longer)
+
+
+def test_a_max_examples_cap_caps_the_longer_pairs_alike():
+    records = [{"src": str(i), "tgt": str(i)} for i in range(40)]
+    half = capped_like(records, 0.5, seed=3)
+    assert len(half) == 20
+    assert half == sorted(half, key=lambda r: int(r["src"]))  # file order kept
+    assert half == capped_like(records, 0.5, seed=3)  # the split seed decides
+    assert half != capped_like(records, 0.5, seed=4)
+    assert capped_like(records, 1.0, seed=3) == records
 
 
 def test_train_max_words_must_exceed_max_words():
