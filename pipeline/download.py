@@ -511,7 +511,9 @@ def without_entry(pair: Record) -> Record:
 def longer_sentences(
     raw: list[Record], cfg: TranslationDownload, held: set[str], held_out: set[int]
 ) -> list[Record]:
-    """Full-sentence pairs of max_words+1..train_max_words words a side, for train only.
+    """Full-sentence pairs of max_words+1..train_max_words words a side, for train only (none
+    when train_max_words <= max_words, so `-S download.translation.max_words=...` never
+    conflicts with it).
 
     A long example sentence can quote a held-out one ("Ich weiß nicht. Frag ihn.") or share its
     dictionary entry, so pairs of held-out entries or containing a held-out source are dropped.

@@ -215,7 +215,7 @@ class TranslationDownload(Section):
         ge=1,
         description="Full-sentence pairs longer than max_words, up to this many words a side, "
         "added to the train split only (none from an entry holding a val or test sentence, none "
-        "containing one; max_examples caps them in proportion). null = none.",
+        "containing one; max_examples caps them in proportion). null, or <= max_words: none.",
     )
     dictionary_pairs: int = Field(
         0,
@@ -235,11 +235,6 @@ class TranslationDownload(Section):
         if self.min_words > self.max_words:
             raise ValueError(
                 f"min_words ({self.min_words}) must be <= max_words ({self.max_words})"
-            )
-        if self.train_max_words is not None and self.train_max_words <= self.max_words:
-            raise ValueError(
-                f"train_max_words ({self.train_max_words}) must be > max_words "
-                f"({self.max_words}), or null"
             )
         if self.dictionary_pairs and self.format != "ding":
             raise ValueError("dictionary_pairs needs format ding (other sources have no lexicon)")

@@ -711,12 +711,14 @@ def test_a_max_examples_cap_caps_the_longer_pairs_alike():
     assert capped_like(records, 1.0, seed=3) == records
 
 
-def test_train_max_words_must_exceed_max_words():
-    with pytest.raises(ValueError, match=r"train_max_words \(12\) must be > max_words \(12\)"):
-        TranslationDownload.model_validate(
-            {"source": {"kind": "url", "url": "https://example.org/x", "sha256": "0" * 64}}
-            | {"max_words": 12, "train_max_words": 12}
-        )
+def test_train_max_words_at_most_max_words_adds_nothing():
+    cfg = TranslationDownload.model_validate(
+        {"source": {"kind": "url", "url": "https://example.org/de-en", "sha256": "0" * 64}}
+        | {"format": "ding", "max_words": 12, "train_max_words": 12}
+    )  # valid: `-S download.translation.max_words=...` never conflicts with the default
+    splits, details = build_translation(cfg, {"de-en": ding_text(20)})
+    assert details["stats"]["longer_train_pairs"] == 0
+    assert sum(map(len, splits.values())) == 20
 
 
 def test_dictionary_pairs_need_the_ding_format():
