@@ -527,9 +527,7 @@ def longer_sentences(
         and pair.get(ENTRY) not in held_out
         and not any(sentence in pair["src"] for sentence in held)
     ]
-    return [
-        without_entry(p) for p in deduplicate(longer, key=lambda pair: (pair["src"], pair["tgt"]))
-    ]
+    return deduplicate(longer, key=lambda pair: (pair["src"], pair["tgt"]))
 
 
 def capped_like(records: list[Record], share: float, seed: int) -> list[Record]:
