@@ -23,9 +23,8 @@ from typing import Annotated
 import keras
 import numpy as np
 import typer
-import yaml
 
-from pipeline.params import ClassificationTrain
+from pipeline.params import ClassificationTrain, Task, load_params
 from pipeline.tasks.classification.model import build_classifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,9 +41,8 @@ VARIANTS: dict[str, tuple[dict, int | None]] = {
 
 
 def default_params() -> ClassificationTrain:
-    """The repository's `train.classification`, validated."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    return ClassificationTrain.model_validate(params["train"]["classification"])
+    """The repository's `train.classification`, validated like the pipeline's."""
+    return load_params(ROOT / "params.yaml").train.section(Task.classification)
 
 
 def batch(size: int, length: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +54,9 @@ def batch(size: int, length: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray
     return tokens, rng.integers(0, 2, size=(size, 1)).astype("float32")
 
 
-def stepper(cfg: ClassificationTrain, size: int, length: int):
+def stepper(
+    cfg: ClassificationTrain, size: int, length: int
+) -> tuple[keras.Model, np.ndarray, np.ndarray]:
     """A compiled model and its batch, warmed up (tracing and compiling are not timed)."""
     keras.utils.set_random_seed(cfg.seed)
     model = build_classifier(cfg, VOCAB)
@@ -109,12 +109,11 @@ def main(
     for name in chosen:
         overrides, size = VARIANTS[name]
         cfg = base.model_copy(update=overrides)
-        models[name] = (stepper(cfg, size or cfg.batch_size, length), size or cfg.batch_size)
+        models[name] = stepper(cfg, size or cfg.batch_size, length)
     seconds: dict[str, list[float]] = {name: [] for name in chosen}
     for _ in range(repeats):
         for name in chosen:
-            (model, x, y), _size = models[name]
-            seconds[name].append(timed(model, x, y, steps))
+            seconds[name].append(timed(*models[name], steps))
     results: dict = {
         "machine": {
             "cpus": os.cpu_count(),
@@ -127,7 +126,7 @@ def main(
         "variants": {},
     }
     for name in chosen:
-        results["variants"][name] = summary(name, models[name][1], seconds[name])
+        results["variants"][name] = summary(name, len(models[name][1]), seconds[name])
     if out:
         out.write_text(json.dumps(results, indent=2) + "\n")
 
