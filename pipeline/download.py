@@ -79,7 +79,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from pipeline.core.corpus import MANIFEST, SPLITS, OutputError, staged_directory, write_json
 from pipeline.core.sources import (
@@ -271,6 +270,10 @@ def label_counts(records: Iterable[Record]) -> dict[str, int]:
 
 def stratified_split(examples: list[Record], split: SplitParams, cap: int | None) -> Splits:
     """Cap, shuffle and split examples so every split keeps the label balance."""
+    # Imported here: scikit-learn takes a second to import, which the tasks that never split
+    # by label (language model, translation, forecasting) should not pay.
+    from sklearn.model_selection import train_test_split
+
     index = np.arange(len(examples))
     labels = np.asarray([example["label"] for example in examples])
     seed = split.seed
@@ -676,6 +679,8 @@ def parse_fsdd_wavs(members: dict[str, bytes]) -> list[Record]:
 
 def speaker_split(utterances: list[Record], split: SplitParams, speakers: list[str]) -> Splits:
     """Test on the named speakers; split the other speakers' utterances by digit into train/val."""
+    from sklearn.model_selection import train_test_split  # see stratified_split
+
     missing = set(speakers) - {u["speaker"] for u in utterances}
     if missing:
         raise DownloadError(f"test_speakers not in the data: {', '.join(sorted(missing))}")
