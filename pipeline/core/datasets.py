@@ -55,25 +55,43 @@ def element_length(*element) -> tf.Tensor:
     return tf.reduce_max(tf.stack(sizes))
 
 
-def bucket_boundaries(max_len: int, smallest: int = 16) -> list[int]:
-    """Doubling length boundaries below `max_len` (16, 32, 64, ...)."""
-    bounds, edge = [], smallest
-    while edge < max_len:
-        bounds.append(edge)
-        edge *= 2
+BUCKET_RATIO = 2**0.5
+
+
+def bucket_boundaries(max_len: int, smallest: int = 16, ratio: float = BUCKET_RATIO) -> list[int]:
+    """Length boundaries below `max_len`, each `ratio` times the last (16, 23, 32, 45, 64, ...).
+
+    A batch is padded to its longest member, so a bucket wastes up to its width in pads, and a
+    recurrent step costs the same for a pad as for a token. Edges a factor of sqrt(2) apart
+    instead of 2 cut the padded timesteps of an epoch by 7% for the classifier (305 -> 283 per
+    review of 258 subwords on average) and by 12% for the translator and the speech recognizer
+    (`benchmarks/bucket_padding.py`), for one more bucket per doubling.
+    """
+    bounds: list[int] = []
+    step = 0
+    while (edge := round(smallest * ratio**step)) < max_len:
+        if not bounds or edge > bounds[-1]:
+            bounds.append(edge)
+        step += 1
     return bounds
 
 
-def batch_count(lengths: np.ndarray, cfg: TrainParams, bucketed: bool) -> int:
+def batch_count(
+    lengths: np.ndarray, cfg: TrainParams, bucketed: bool, ratio: float = BUCKET_RATIO
+) -> int:
     """Exact number of batches per epoch (bucket membership depends on length, not order)."""
     if not bucketed:
         return -(-len(lengths) // cfg.batch_size)
-    bucket = np.searchsorted(bucket_boundaries(cfg.max_len), lengths, side="right")
+    bucket = np.searchsorted(bucket_boundaries(cfg.max_len, ratio=ratio), lengths, side="right")
     return int(sum(-(-int(n) // cfg.batch_size) for n in np.bincount(bucket) if n))
 
 
 def batches(
-    ds: tf.data.Dataset, cfg: TrainParams, lengths: np.ndarray, shuffle: bool
+    ds: tf.data.Dataset,
+    cfg: TrainParams,
+    lengths: np.ndarray,
+    shuffle: bool,
+    ratio: float = BUCKET_RATIO,
 ) -> tf.data.Dataset:
     """Shuffle (seeded), batch with padding (bucketed by length if asked) and prefetch.
 
@@ -84,13 +102,13 @@ def batches(
     if shuffle:
         ds = ds.shuffle(min(len(lengths), 50_000), seed=cfg.seed, reshuffle_each_iteration=True)
     if bucketed:
-        bounds = bucket_boundaries(cfg.max_len)
+        bounds = bucket_boundaries(cfg.max_len, ratio=ratio)
         ds = ds.bucket_by_sequence_length(
             element_length, bounds, [cfg.batch_size] * (len(bounds) + 1)
         )
     else:
         ds = ds.padded_batch(cfg.batch_size)
-    count = batch_count(lengths, cfg, bucketed)
+    count = batch_count(lengths, cfg, bucketed, ratio)
     if shuffle and cfg.max_steps_per_epoch:
         count = min(count, cfg.max_steps_per_epoch)
         ds = ds.take(count)
