@@ -487,6 +487,13 @@ class TrainParams(RecurrentParams):
         None, ge=1, description="Stop after this many epochs without val-loss improvement."
     )
     bucket_by_length: bool = Field(True, description="Batch similar lengths together.")
+    bucket_ratio: float = Field(
+        2**0.5,
+        gt=1.0,
+        le=4.0,
+        description="Each length bucket's upper edge over the previous one's (16, 16r, 16r², ...): "
+        "closer edges leave fewer pads, for more batch shapes.",
+    )
     log_every_n_steps: int = Field(10, ge=1, description="Gradient-norm logging period (steps).")
     probe_batch_size: int = Field(32, ge=1, description="Examples in the gradient-flow probe.")
     seed: int = Field(42, ge=0, le=MAX_SEED, description="Seed for weights, shuffling and dropout.")

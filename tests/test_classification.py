@@ -135,13 +135,14 @@ def test_compiled_batches_are_padded_to_bucket_edges() -> None:
     """Under XLA each batch is padded to its length bucket's edge: one compiled shape per bucket."""
     from pipeline.tasks.classification.data import make_dataset, padded_lengths
 
-    assert padded_lengths(400) == [16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 400]
+    assert padded_lengths(400, 2.0) == [16, 32, 64, 128, 256, 400]
+    assert padded_lengths(400, 2**0.5) == [16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 400]
     rng = np.random.default_rng(0)
     seqs = [rng.integers(1, 50, size=n).astype("int32") for n in rng.integers(1, 101, size=200)]
     labels = rng.integers(0, 2, size=200).astype("float32")
     shapes, kept = set(), {}
     for jit in (True, False):
-        cfg = ClassificationTrain(max_len=100, batch_size=16, jit_compile=jit)
+        cfg = ClassificationTrain(max_len=100, batch_size=16, jit_compile=jit, bucket_ratio=2**0.5)
         batches = list(make_dataset(seqs, labels, cfg, shuffle=True))
         shapes |= {(jit, int(tokens.shape[1])) for tokens, _ in batches}
         kept[jit] = sorted(int(n) for t, _ in batches for n in (t.numpy() != 0).sum(axis=1))

@@ -26,10 +26,10 @@ def test_batch_count_is_the_number_of_batches(ratio: float) -> None:
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 120, size=300)
     seqs = [np.ones(n, dtype=np.int32) for n in lengths]
-    cfg = ClassificationTrain(max_len=100, batch_size=16)
-    ds = batches(slices(ragged(seqs), np.zeros(len(seqs), np.float32)), cfg, lengths, True, ratio)
+    cfg = ClassificationTrain(max_len=100, batch_size=16, bucket_ratio=ratio)
+    ds = batches(slices(ragged(seqs), np.zeros(len(seqs), np.float32)), cfg, lengths, True)
     rows = [tokens.numpy().sum(axis=1) for tokens, _ in ds]
-    assert len(rows) == batch_count(lengths, cfg, True, ratio)
+    assert len(rows) == batch_count(lengths, cfg, True)
     edges = bucket_boundaries(100, ratio=ratio)
     for batch in rows:  # every batch holds one bucket's lengths only
         assert len(set(np.searchsorted(edges, batch, side="right"))) == 1

@@ -65,7 +65,8 @@ def bucket_boundaries(max_len: int, smallest: int = 16, ratio: float = BUCKET_RA
     recurrent step costs the same for a pad as for a token. Edges a factor of sqrt(2) apart
     instead of 2 cut the padded timesteps of an epoch by 7% for the classifier (305 -> 283 per
     review of 258 subwords on average) and by 12% for the translator and the speech recognizer
-    (`benchmarks/bucket_padding.py`), for one more bucket per doubling.
+    (`benchmarks/bucket_padding.py`), for one more bucket per doubling. Each task's
+    `bucket_ratio` param chooses (README "Benchmarks").
     """
     bounds: list[int] = []
     step = 0
@@ -76,22 +77,17 @@ def bucket_boundaries(max_len: int, smallest: int = 16, ratio: float = BUCKET_RA
     return bounds
 
 
-def batch_count(
-    lengths: np.ndarray, cfg: TrainParams, bucketed: bool, ratio: float = BUCKET_RATIO
-) -> int:
+def batch_count(lengths: np.ndarray, cfg: TrainParams, bucketed: bool) -> int:
     """Exact number of batches per epoch (bucket membership depends on length, not order)."""
     if not bucketed:
         return -(-len(lengths) // cfg.batch_size)
-    bucket = np.searchsorted(bucket_boundaries(cfg.max_len, ratio=ratio), lengths, side="right")
+    bounds = bucket_boundaries(cfg.max_len, ratio=cfg.bucket_ratio)
+    bucket = np.searchsorted(bounds, lengths, side="right")
     return int(sum(-(-int(n) // cfg.batch_size) for n in np.bincount(bucket) if n))
 
 
 def batches(
-    ds: tf.data.Dataset,
-    cfg: TrainParams,
-    lengths: np.ndarray,
-    shuffle: bool,
-    ratio: float = BUCKET_RATIO,
+    ds: tf.data.Dataset, cfg: TrainParams, lengths: np.ndarray, shuffle: bool
 ) -> tf.data.Dataset:
     """Shuffle (seeded), batch with padding (bucketed by length if asked) and prefetch.
 
@@ -102,13 +98,13 @@ def batches(
     if shuffle:
         ds = ds.shuffle(min(len(lengths), 50_000), seed=cfg.seed, reshuffle_each_iteration=True)
     if bucketed:
-        bounds = bucket_boundaries(cfg.max_len, ratio=ratio)
+        bounds = bucket_boundaries(cfg.max_len, ratio=cfg.bucket_ratio)
         ds = ds.bucket_by_sequence_length(
             element_length, bounds, [cfg.batch_size] * (len(bounds) + 1)
         )
     else:
         ds = ds.padded_batch(cfg.batch_size)
-    count = batch_count(lengths, cfg, bucketed, ratio)
+    count = batch_count(lengths, cfg, bucketed)
     if shuffle and cfg.max_steps_per_epoch:
         count = min(count, cfg.max_steps_per_epoch)
         ds = ds.take(count)

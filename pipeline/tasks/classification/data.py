@@ -29,14 +29,14 @@ def load_split(
     return seqs, data["labels"].astype(np.float32)
 
 
-def padded_lengths(max_len: int) -> list[int]:
+def padded_lengths(max_len: int, ratio: float) -> list[int]:
     """The time lengths batches are padded to under XLA: the bucket edges, then `max_len`.
 
     XLA compiles once per distinct batch shape (2-3 s each for the pooled GRU on CPU); a batch
     from a length bucket is nearly as long as the bucket's edge anyway, so padding it there
     costs little compute and leaves one shape per bucket.
     """
-    return [*bucket_boundaries(max_len), max_len]
+    return [*bucket_boundaries(max_len, ratio=ratio), max_len]
 
 
 def pad_to_edge(edges: list[int]) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
@@ -59,7 +59,10 @@ def make_dataset(
     ds = batches(ds, cfg, np.fromiter(map(len, seqs), dtype=np.int64), shuffle)
     if not cfg.jit_compile:
         return ds
-    return ds.map(pad_to_edge(padded_lengths(cfg.max_len)), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.map(
+        pad_to_edge(padded_lengths(cfg.max_len, cfg.bucket_ratio)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
 
 
 def probe_batch(
