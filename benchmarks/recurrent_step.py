@@ -37,6 +37,23 @@ VARIANTS: dict[str, tuple[dict, int | None]] = {
     "64 units": ({"units": 64}, None),
     "bidirectional, 64 units a direction": ({"bidirectional": True, "units": 64}, None),
     "XLA (jit_compile)": ({"jit_compile": True}, None),
+    "2 tokens a step": ({"tokens_per_step": 2}, None),
+    "2 tokens a step, bidirectional 64": (
+        {"tokens_per_step": 2, "bidirectional": True, "units": 64},
+        None,
+    ),
+    "2 tokens a step, bidirectional 96": (
+        {"tokens_per_step": 2, "bidirectional": True, "units": 96},
+        None,
+    ),
+    "3 tokens a step, bidirectional 96": (
+        {"tokens_per_step": 3, "bidirectional": True, "units": 96},
+        None,
+    ),
+    "3 tokens a step, bidirectional 128": (
+        {"tokens_per_step": 3, "bidirectional": True, "units": 128},
+        None,
+    ),
 }
 
 

@@ -554,6 +554,14 @@ class ClassificationTrain(TrainParams):
         description="Fraction of a review's tokens whose whole embedding is zeroed in training "
         "(Gal & Ghahramani's word dropout).",
     )
+    tokens_per_step: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Consecutive token embeddings concatenated into one recurrent step: the "
+        "recurrent loop runs ceil(T / tokens_per_step) steps instead of T (Chan et al.'s "
+        "pyramidal encoder); gradient-flow curves are then indexed by step, not token.",
+    )
     head_fraction: float = Field(
         0.0,
         ge=0,

@@ -8,6 +8,8 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline.core.gradient_flow import GradientFlowProbe
+from pipeline.core.recurrent import StackSteps
 from pipeline.core.saved import load_model
 from pipeline.params import ClassificationTrain
 from pipeline.tasks.classification.model import MaskedMaxMeanPooling, build_classifier
@@ -149,3 +151,38 @@ def test_compiled_batches_are_padded_to_bucket_edges() -> None:
     assert kept[True] == kept[False] == sorted(map(len, seqs))  # padding adds only pads
     assert {n for jit, n in shapes if jit} <= {16, 23, 32, 45, 64, 91, 100}
     assert len({n for jit, n in shapes if not jit}) > 4  # uncompiled: each batch's own longest
+
+
+def test_stacked_steps_fold_consecutive_tokens_and_keep_the_mask() -> None:
+    """Two tokens a step: features concatenate in order, an odd tail gets a zero partner, and a
+    step is masked out only when its first token is a pad."""
+    x = np.arange(1, 11, dtype="float32").reshape(1, 5, 2)  # 5 timesteps of 2 features
+    mask = np.array([[True, True, True, False, False]])
+    layer = StackSteps(2)
+    np.testing.assert_array_equal(layer(x).numpy(), [[[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 0, 0]]])
+    np.testing.assert_array_equal(layer.compute_mask(x, mask), [[True, True, False]])
+    assert layer.compute_output_shape((None, 5, 2)) == (None, 3, 4)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_stacked_classifier_ignores_padding_and_runs_fewer_steps(bidirectional: bool) -> None:
+    cfg = POOLED.model_copy(update={"tokens_per_step": 3, "bidirectional": bidirectional})
+    model = build_classifier(cfg, 30)
+    review = np.array([[4, 9, 2, 17, 5]], dtype="int32")  # 2 steps: (4 9 2) (17 5 pad)
+    padded = np.concatenate([review, np.zeros((1, 7), dtype="int32")], axis=1)
+    np.testing.assert_allclose(model(padded), model(review), rtol=1e-5)
+    assert model.get_layer("stack_steps").output.shape == (None, None, 3 * cfg.embedding_dim)
+    probe = GradientFlowProbe(
+        model, padded, np.ones((1, 1), "float32"), keras.losses.BinaryCrossentropy()
+    )
+    curves = probe.measure()
+    key = "rnn_1/forward" if bidirectional else "rnn_1"
+    assert curves[key].shape == (4,)  # ceil(12 / 3) recurrent steps, not 12 tokens
+    assert np.all(curves[key][:2] > 0) and np.isnan(curves[key][2:]).all()
+
+
+def test_stacked_model_saves_and_loads(tmp_path: Path) -> None:
+    model = build_classifier(POOLED.model_copy(update={"tokens_per_step": 2}), 30)
+    model.save(tmp_path / "model.keras")
+    tokens = np.array([[3, 4, 5, 0, 0], [7, 0, 0, 0, 0]], dtype="int32")
+    np.testing.assert_allclose(load_model(tmp_path)(tokens), model(tokens), rtol=1e-6)

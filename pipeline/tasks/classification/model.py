@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from pipeline.core.recurrent import recurrent_stack, token_embedding, word_dropout
+from pipeline.core.recurrent import StackSteps, recurrent_stack, token_embedding, word_dropout
 from pipeline.params import ClassificationTrain
 
 
@@ -55,6 +55,9 @@ def build_classifier(cfg: ClassificationTrain, vocab_size: int) -> keras.Model:
     if cfg.embedding_dropout > 0:
         # The same embedding channels are dropped at every position of a review.
         x = keras.layers.SpatialDropout1D(cfg.embedding_dropout, name="embedding_dropout")(x)
+    if cfg.tokens_per_step > 1:
+        # k tokens a recurrent step: the loop's per-step latency, not arithmetic, bounds it.
+        x = StackSteps(cfg.tokens_per_step, name="stack_steps")(x)
     if cfg.pooling == "last":
         # Recurrent block: the last layer returns only its final state.
         x = recurrent_stack(x, cfg)

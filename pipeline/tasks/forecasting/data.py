@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.core.corpus import SPLITS, load_npz
+from pipeline.core.datasets import without_autotune
 from pipeline.params import ForecastingTrain
 from pipeline.tasks.forecasting.series import (
     COVARIATES,
@@ -116,7 +117,8 @@ def make_dataset(
         count = min(count, cfg.max_steps_per_epoch)
         ds = ds.take(count)
     # A known epoch length (Keras otherwise runs an extra, empty step per epoch).
-    return ds.apply(tf.data.experimental.assert_cardinality(count)).prefetch(tf.data.AUTOTUNE)
+    ds = ds.apply(tf.data.experimental.assert_cardinality(count)).prefetch(tf.data.AUTOTUNE)
+    return without_autotune(ds)
 
 
 def probe_origins(origins: np.ndarray, size: int) -> np.ndarray:
