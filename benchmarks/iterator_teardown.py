@@ -25,17 +25,11 @@ from typing import Annotated
 import tensorflow as tf
 import typer
 
+from pipeline.core.datasets import with_autotune
 from pipeline.params import Task, load_params
 from pipeline.tasks.classification.data import load_split, make_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def with_autotune(ds: tf.data.Dataset, enabled: bool) -> tf.data.Dataset:
-    """The same pipeline with tf.data's autotuning set as asked (the latest option wins)."""
-    options = tf.data.Options()
-    options.autotune.enabled = enabled
-    return ds.with_options(options)
 
 
 def epochs(ds: tf.data.Dataset, count: int, delay_s: float = 0.0) -> list[dict[str, float]]:

@@ -20,7 +20,7 @@ from pipeline.params import (
     Task,
     load_params,
 )
-from pipeline.tasks.forecasting.data import load_series, window_rows, windows
+from pipeline.tasks.forecasting.data import load_series, make_dataset, window_rows, windows
 from pipeline.tasks.forecasting.model import build_forecaster
 from pipeline.tasks.forecasting.scoring import horizon_curves, seasonal_naive, smape, summary
 from pipeline.tasks.forecasting.series import FEATURES
@@ -75,6 +75,10 @@ def test_featurize_scales_with_the_train_span_and_keeps_forecasts_inside_their_s
     assert len(series.origins["val"]) == 20 - 4 + 1
     (_, future), targets = windows(series, series.origins["train"], 12, lags=False)
     assert np.abs(series.scaler.unscale_demand(targets)).max() < 2.5  # no 100 GW val rows
+    # Keras iterates it anew each epoch: no autotune thread for the old iterator to wait on.
+    cfg = ForecastingTrain(max_len=12, batch_size=16)
+    ds = make_dataset(series, series.origins["train"], cfg, shuffle=True)
+    assert ds.options().autotune.enabled is False
 
 
 def test_featurize_writes_calendar_features(tmp_path: Path) -> None:

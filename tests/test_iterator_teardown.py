@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.iterator_teardown import epochs, summary, with_autotune
-from pipeline.core.datasets import batches, ragged, slices
+from benchmarks.iterator_teardown import epochs, summary
+from pipeline.core.datasets import batches, ragged, slices, with_autotune
 from pipeline.params import ClassificationTrain
 
 

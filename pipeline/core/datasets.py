@@ -23,6 +23,13 @@ def _densify(*element):
     return tuple(dense) if len(dense) > 1 else dense[0]
 
 
+def with_autotune(ds: tf.data.Dataset, enabled: bool) -> tf.data.Dataset:
+    """The same pipeline with tf.data's autotuning set as asked (the latest setting wins)."""
+    options = tf.data.Options()
+    options.autotune.enabled = enabled
+    return ds.with_options(options)
+
+
 def without_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
     """Turn off tf.data's autotuning thread for a pipeline that Keras iterates once per epoch.
 
@@ -31,9 +38,7 @@ def without_autotune(ds: tf.data.Dataset) -> tf.data.Dataset:
     epoch here, 17-37 s of idle CPU at epoch starts in long trainings
     (`benchmarks/iterator_teardown.py`). Parallel maps and prefetching keep their defaults.
     """
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return ds.with_options(options)
+    return with_autotune(ds, enabled=False)
 
 
 def slices(*columns) -> tf.data.Dataset:
