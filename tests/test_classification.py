@@ -186,3 +186,11 @@ def test_stacked_model_saves_and_loads(tmp_path: Path) -> None:
     model.save(tmp_path / "model.keras")
     tokens = np.array([[3, 4, 5, 0, 0], [7, 0, 0, 0, 0]], dtype="int32")
     np.testing.assert_allclose(load_model(tmp_path)(tokens), model(tokens), rtol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0, 9])
+def test_tokens_per_step_out_of_range_names_the_key(value: int) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="tokens_per_step"):
+        ClassificationTrain(tokens_per_step=value)
